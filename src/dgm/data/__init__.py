@@ -1,0 +1,152 @@
+"""Datasets by name, as tensors on the training device, in the representation a model asks for.
+
+Example::
+
+    train = load("digits")                      # 1437 8x8 images, levels 0..16, as "unit" floats
+    test = load("ring8", "test")                # 10,000 2-D points from 8 Gaussians
+    mine = load("folder:~/pictures", size=64)   # any folder of PNG/JPEG images
+
+:func:`list_datasets` names them all; representations are described in :mod:`dgm.data.core`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import numpy as np
+import torch
+
+from dgm.data import files, sources, toys
+from dgm.data.core import REPRESENTATIONS, Batch, Dataset, DataSpec, to_unit
+from dgm.data.sources import Part, Request
+from dgm.errors import DgmError, unknown_name
+
+__all__ = ["Batch", "Dataset", "DataSpec", "REPRESENTATIONS", "to_unit", "load", "list_datasets",
+           "default_representation"]
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A registered dataset: how to load a split of it, and a one-line description."""
+
+    description: str
+    load: Callable[[Request], Part]
+    #: the natural representation; None where the data decides (npz: uint8 -> unit, floats -> continuous)
+    representation: str | None
+    #: whether ``size`` and ``channels`` choose the stored shape (folders of images)
+    resizable: bool = False
+
+
+DATASETS: dict[str, Source] = {
+    "fashion-mnist": Source("Fashion-MNIST (Xiao et al. 2017): 28x28 grayscale clothing, 60k/10k, 10 classes",
+                            partial(sources.load_idx, "fashion-mnist"), "unit"),
+    "mnist": Source("MNIST (LeCun et al. 1998): 28x28 grayscale digits, 60k/10k, 10 classes",
+                    partial(sources.load_idx, "mnist"), "unit"),
+    "cifar10": Source("CIFAR-10 (Krizhevsky 2009), binary version: 32x32 RGB, 50k/10k, 10 classes",
+                      sources.load_cifar10, "unit"),
+    "digits": Source("scikit-learn 8x8 digits, 17 levels, fixed stratified split 1437/360, 10 classes",
+                     sources.load_digits, "unit"),
+    "ring8": Source("8 Gaussians on the unit circle, sd 0.01 (VEEGAN/PacGAN mode counting), 50k/10k points",
+                    partial(toys.load, toys.ring8), "continuous"),
+    "grid25": Source("25 Gaussians on the grid {-4,-2,0,2,4}^2, sd 0.05 (PacGAN mode counting), 50k/10k points",
+                     partial(toys.load, toys.grid25), "continuous"),
+    "moons": Source("two interleaving half moons, noise 0.05 (scikit-learn make_moons), 50k/10k points",
+                    partial(toys.load, toys.moons), "continuous"),
+    "swissroll": Source("2-D Swiss roll, noise 0.5, scaled by 1/5 (scikit-learn make_swiss_roll), 50k/10k points",
+                        partial(toys.load, toys.swissroll), "continuous"),
+    "checkerboard": Source("4x4 checkerboard on [-4, 4]^2 (FFJORD, Grathwohl et al. 2019), 50k/10k points",
+                           partial(toys.load, toys.checkerboard), "continuous"),
+}
+
+#: datasets named "<prefix>:PATH"
+PATTERNS: dict[str, Source] = {
+    "folder": Source("a folder of PNG/JPEG images (labels from sub-folders), resized to size (32), 90/10 holdout",
+                     files.load_folder, "unit", resizable=True),
+    "npz": Source("a .npz with x (uint8 images or float arrays), optional y, x_test, y_test; else 90/10 holdout",
+                  files.load_npz, None),
+}
+
+
+def list_datasets() -> list[tuple[str, str]]:
+    """``(name, description)`` of every dataset; ``"folder:PATH"`` and ``"npz:PATH"`` are patterns."""
+    return ([(name, s.description) for name, s in DATASETS.items()]
+            + [(f"{prefix}:PATH", s.description) for prefix, s in PATTERNS.items()])
+
+
+def _resolve(name: str) -> tuple[Source, str]:
+    """The source of dataset ``name`` and the PATH of a pattern name ("" otherwise)."""
+    prefix, colon, path = name.partition(":")
+    if colon and prefix in PATTERNS:
+        if not path:
+            raise DgmError(f"dataset {name!r} names no path: write {prefix}:PATH")
+        return PATTERNS[prefix], path
+    if name in DATASETS:
+        return DATASETS[name], ""
+    raise unknown_name("dataset", name, [name for name, _ in list_datasets()])
+
+
+def _natural_representation(levels: int | None) -> str:
+    return "continuous" if levels is None else "unit"
+
+
+def default_representation(name: str) -> str:
+    """The representation :func:`load` uses when given none: ``"unit"`` for images of discrete
+    levels, ``"continuous"`` for the 2-D toys and float arrays (which reads an ``npz:`` file)."""
+    source, path = _resolve(name)
+    if source.representation is not None:
+        return source.representation
+    return _natural_representation(source.load(Request("train", path)).levels)
+
+
+def load(name: str, split: Literal["train", "test"] = "train", *, representation: str | None = None,
+         device: str | torch.device = "cpu", size: int | None = None, channels: int | None = None) -> Dataset:
+    """One split of a dataset, as tensors on ``device``.
+
+    Args:
+        name: a name of :func:`list_datasets`, or ``"folder:PATH"`` / ``"npz:PATH"``.
+        split: ``"train"`` or ``"test"``.
+        representation: how batches present the examples (see :mod:`dgm.data.core`); ``None`` for
+            the dataset's natural one (:func:`default_representation`).
+        device: where the tensors live.
+        size: image side in pixels for ``folder:`` datasets (default 32); elsewhere only the
+            dataset's own size is accepted.
+        channels: 1 (grayscale) or 3 (RGB) for ``folder:`` datasets (default: from the images);
+            elsewhere only the dataset's own channel count is accepted.
+
+    Raises:
+        DgmError: unknown name or split, missing or corrupt files, or a representation, size or
+            channel count the data does not have.
+    """
+    if split not in SPLITS:
+        raise unknown_name("split", split, SPLITS)
+    source, path = _resolve(name)
+    part = source.load(Request(split, path, size, channels))
+    shape = part.x.shape[1:]
+    if not source.resizable:
+        _check_fixed_shape(name, shape, size, channels)
+    spec = DataSpec(name=name, shape=shape, representation=representation or _natural_representation(part.levels),
+                    levels=part.levels, num_classes=part.num_classes, class_names=part.class_names,
+                    extras=part.extras)
+    # copies: the parsed arrays are cached (and read-only), the tensors belong to the caller
+    raw = torch.from_numpy(np.array(part.x))
+    labels = None if part.y is None else torch.from_numpy(np.array(part.y, dtype=np.int64))
+    data = Dataset(raw, labels, spec, train=split == "train")
+    try:
+        return data if torch.device(device) == data.device else data.to(device)
+    except (RuntimeError, AssertionError) as e:  # a malformed device string, or CUDA not available
+        raise DgmError(f"cannot put dataset {name!r} on device {device!r}: {e}") from e
+
+
+def _check_fixed_shape(name: str, shape: tuple[int, ...], size: int | None, channels: int | None) -> None:
+    """Refuse a ``size`` or ``channels`` other than the dataset's own (only folders are resized)."""
+    image = len(shape) == 3
+    if size is not None and not (image and shape[1:] == (size, size)):
+        raise DgmError(f"dataset {name!r} has examples of shape {shape}, not size {size}: size applies "
+                       "to folder:PATH datasets only; drop it")
+    if channels is not None and not (image and shape[0] == channels):
+        raise DgmError(f"dataset {name!r} has examples of shape {shape}, not {channels} channel(s): channels "
+                       "applies to folder:PATH datasets only; drop it")

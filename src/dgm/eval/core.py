@@ -1,0 +1,145 @@
+"""The metric registry and :func:`evaluate`."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dgm.data.core import Dataset
+from dgm.errors import DgmError, unknown_name
+from dgm.models.base import GenerativeModel, capabilities
+
+
+@dataclass
+class Result:
+    """One number with what it means.
+
+    Attributes:
+        metric: the metric's name (``"nll"``, ``"active_units"``, ...).
+        value: the number.
+        unit: ``"nats"``, ``"bits/dim"``, ``"units"``, ``""``.
+        qualifier: how it was obtained: ``"exact"``, ``"bound (IWAE k=1000)"``, ...
+        split: the data split it was computed on, with its size (``"test, n=360"``).
+        details: extra values (e.g. the KL of each latent dimension).
+    """
+
+    metric: str
+    value: float
+    unit: str = ""
+    qualifier: str = ""
+    split: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvalContext:
+    """What every metric gets besides the model: the data and the shared settings."""
+
+    data: Dataset
+    k: int = 1000  # importance samples of IWAE bounds
+    batch_size: int = 256  # examples per forward pass where k does not decide it
+    progress: bool = True
+
+    @property
+    def split(self) -> str:
+        return f"{'train' if self.data.train else 'test'}, n={len(self.data)}"
+
+    def batches(self, batch_size: int | None = None, desc: str = "") -> Iterator[Tensor]:
+        """The split's examples (in the model's representation) in order, with a progress bar."""
+        size = batch_size or self.batch_size
+        total = self.data.num_batches(size)
+        iterator = self.data.batches(size, generator=torch.Generator().manual_seed(0))
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, total=total, desc=desc, leave=False, unit="batch")
+        for batch in iterator:
+            yield batch.x
+
+
+@dataclass
+class Metric:
+    name: str
+    requires: tuple[str, ...]  # capabilities the model must have (all of them)
+    requires_any: tuple[str, ...]  # ... and at least one of these (when given)
+    compute: Callable[[GenerativeModel, EvalContext], list[Result]]
+    description: str
+    default: bool = True  # part of the metrics 'dgm eval' computes when none are named
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def metric(name: str, *, requires: Sequence[str] = (), requires_any: Sequence[str] = (),
+           description: str, default: bool = True) -> Callable:
+    """Decorator registering ``compute(model, ctx) -> list[Result]`` as metric ``name``."""
+
+    def wrap(fn: Callable[[GenerativeModel, EvalContext], list[Result]]) -> Callable:
+        METRICS[name] = Metric(name, tuple(requires), tuple(requires_any), fn, description, default)
+        return fn
+
+    return wrap
+
+
+def supported(model: GenerativeModel) -> list[str]:
+    """The registered metrics ``model`` can be evaluated with."""
+    have = capabilities(model)
+    return [m.name for m in METRICS.values() if set(m.requires) <= have
+            and (not m.requires_any or have & set(m.requires_any))]
+
+
+@torch.no_grad()
+def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | None = None, *,
+             k: int = 1000, batch_size: int = 256, seed: int = 0, progress: bool = True) -> list[Result]:
+    """Compute ``metrics`` (default: every default metric the model supports) of ``model`` on ``data``.
+
+    Args:
+        model: any registered model; its capabilities decide which metrics apply.
+        data: an evaluation split in the model's representation (``dgm.run.load_data``).
+        metrics: names from :data:`METRICS`; asking for one the model cannot give raises a
+            :class:`DgmError` that lists what it can.
+        k: importance samples of IWAE bounds.
+        seed: seeds all Monte Carlo noise, so results are reproducible.
+
+    Example:
+        >>> results = dgm.evaluate(model, test, ["nll", "posterior_collapse"], k=1000)
+        >>> print(results_table(results))
+    """
+    if data.spec.shape != model.spec.shape:
+        raise DgmError(f"the data has examples of shape {data.spec.shape}, the model expects "
+                       f"{model.spec.shape}: evaluate on the data the model was trained on")
+    names = list(metrics) if metrics else [m for m in supported(model) if METRICS[m].default]
+    for name in names:
+        if name not in METRICS:
+            raise unknown_name("metric", name, METRICS)
+        if name not in supported(model):
+            m = METRICS[name]
+            needs = " and ".join(m.requires) or " or ".join(m.requires_any)
+            raise DgmError(f"model {model.name!r} cannot give {name!r} ({m.description}; it needs {needs}): "
+                           f"it supports {', '.join(supported(model)) or 'no metric'}")
+    ctx = EvalContext(data.to(model.device), k=k, batch_size=batch_size, progress=progress)
+    was_training = model.training
+    model.eval()
+    results: list[Result] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in names:
+            results.extend(METRICS[name].compute(model, ctx))
+    model.train(was_training)
+    return results
+
+
+def results_table(results: Sequence[Result]) -> str:
+    """A plain-text table of results (the CLI prints it)."""
+    rows = [("metric", "value", "unit", "qualifier", "split")]
+    rows += [(r.metric, f"{r.value:.4f}", r.unit, r.qualifier, r.split) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""The built-in metrics: likelihoods (exact or bounded) and posterior-collapse diagnostics."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from dgm.eval.core import EvalContext, Result, metric
+from dgm.eval.likelihood import bits_per_dim
+from dgm.models.base import GenerativeModel, capabilities
+
+#: examples x importance samples per forward pass of an IWAE bound (memory vs speed)
+IWAE_SAMPLES_PER_PASS = 8192
+
+
+def likelihood_results(name: str, log_px: Tensor, qualifier: str, model: GenerativeModel,
+                       ctx: EvalContext) -> list[Result]:
+    """Mean NLL in nats, and in bits/dim where the data is discrete (see :mod:`dgm.eval.likelihood`)."""
+    nll = -log_px.double().mean().item()
+    stderr = log_px.double().std().item() / math.sqrt(len(log_px)) if len(log_px) > 1 else 0.0
+    what = f"{qualifier}, {model.spec.representation}"
+    out = [Result(name, nll, "nats", what, ctx.split, {"stderr": stderr})]
+    bpd = bits_per_dim(nll, model.spec, model.likelihood_kind)
+    if bpd is not None:
+        out.append(Result(name, bpd, "bits/dim", what, ctx.split, {"stderr": stderr / (model.spec.dim * math.log(2))}))
+    return out
+
+
+def iwae_log_px(model: GenerativeModel, ctx: EvalContext, k: int) -> Tensor:
+    chunk = min(k, 500)
+    batch = max(1, IWAE_SAMPLES_PER_PASS // chunk)
+    return torch.cat([model.iwae_bound(x, k, chunk=chunk) for x in ctx.batches(batch, f"IWAE k={k}")])
+
+
+@metric("nll", requires_any=("log_prob", "iwae_bound", "elbo"), description="negative log-likelihood in nats and bits/dim: exact where the "
+        "model has it, else the tightest bound it has (IWAE k, then ELBO)")
+def nll(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    have = capabilities(model)
+    if "log_prob" in have:
+        log_px = torch.cat([model.log_prob(x) for x in ctx.batches(desc="log p(x)")])
+        return likelihood_results("nll", log_px, "exact", model, ctx)
+    if "iwae_bound" in have:
+        return likelihood_results("nll", iwae_log_px(model, ctx, ctx.k), f"bound (IWAE k={ctx.k})", model, ctx)
+    log_px = torch.cat([model.elbo(x) for x in ctx.batches(desc="ELBO")])
+    return likelihood_results("nll", log_px, "bound (ELBO)", model, ctx)
+
+
+@metric("elbo", requires=("elbo",), description="negative ELBO (one-sample Monte Carlo, analytic KL)")
+def elbo(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    log_px = torch.cat([model.elbo(x) for x in ctx.batches(desc="ELBO")])
+    return likelihood_results("neg_elbo", log_px, "bound (ELBO, 1 sample)", model, ctx)
+
+
+@metric("iwae", requires=("iwae_bound",), description="negative IWAE bound with k importance samples",
+        default=False)
+def iwae(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    return likelihood_results("neg_iwae", iwae_log_px(model, ctx, ctx.k), f"bound (IWAE k={ctx.k})", model, ctx)
+
+
+#: Burda et al. 2016, sec. 5.2: a unit is active when Cov_x(E_q[z_u | x]) exceeds this
+ACTIVE_UNIT_THRESHOLD = 1e-2
+
+
+def active_units(means: Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> tuple[int, Tensor]:
+    """Number of active latent units and the activity A_u = Var_x(E_q[z_u|x]) of each, from the
+    posterior means ``(N, latent_dim)`` of a data set."""
+    activity = means.double().var(0, unbiased=True)
+    return int((activity > threshold).sum()), activity
+
+
+@metric("posterior_collapse", requires=("kl_per_dim", "encode"),
+        description="KL per latent dimension and active units (Burda et al. 2016)")
+def posterior_collapse(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    kl_rows, means = [], []
+    for x in ctx.batches(desc="posterior"):
+        kl_rows.append(model.kl_per_dim(x).double())
+        means.append(model.encode(x).double())
+    kl = torch.cat(kl_rows).mean(0)  # (latent_dim,)
+    count, activity = active_units(torch.cat(means))
+    dims = len(kl)
+    return [
+        Result("kl", kl.sum().item(), "nats", "KL(q(z|x) || p(z)), analytic", ctx.split,
+               {"per_dim": [round(v, 5) for v in kl.tolist()]}),
+        Result("active_units", count, "units", f"of {dims}, Var_x E[z|x] > {ACTIVE_UNIT_THRESHOLD}", ctx.split,
+               {"activity": [round(v, 5) for v in activity.tolist()]}),
+        Result("collapsed_dims", int((kl < 0.01).sum()), "units", f"of {dims}, KL < 0.01 nats", ctx.split),
+    ]

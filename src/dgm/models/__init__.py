@@ -1,0 +1,20 @@
+"""Models: the shared protocol and registry (``base``) and one module per family.
+
+Importing this package registers every built-in family; a new family is a new module here that
+subclasses :class:`GenerativeModel`, decorates it with :func:`register`, and is imported below.
+"""
+from dgm.models.base import (
+    MODELS,
+    GenerativeModel,
+    Loss,
+    Phase,
+    Progress,
+    capabilities,
+    create,
+    model_class,
+    register,
+)
+from dgm.models import vae  # noqa: F401  (registers "vae")
+
+__all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "capabilities", "create",
+           "model_class", "register"]

@@ -1,0 +1,293 @@
+"""The one protocol every generative model implements, and the registry that finds them.
+
+A model is an ``nn.Module`` built from ``(config, spec)``: a typed config dataclass (every field
+documented inline, round-tripping through JSON) and the :class:`~dgm.data.DataSpec` of its data.
+It declares
+
+* its training objective(s) as named :class:`Phase` objects; the trainer runs the phases of one
+  *round* in order, each for ``phase.steps`` optimiser steps on fresh batches, and calls
+  :meth:`GenerativeModel.loss` with the phase name. One phase for most families; a GAN has a
+  critic phase (k steps) and a generator phase; a two-stage model (VQ-VAE, then a prior) has phases
+  active in different epoch ranges. The trainer never asks which family it is training.
+* :meth:`sample` in data space, and whichever of :meth:`log_prob` (exact), :meth:`elbo` (a lower
+  bound), :meth:`iwae_bound` (importance-weighted, k samples), :meth:`encode`, :meth:`decode`,
+  :meth:`reconstruct` it has. :func:`capabilities` says which, by looking at what the subclass
+  overrides, so evaluation and the CLI ask a model what it *can* do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dgm.data.core import Batch, DataSpec
+from dgm.errors import DgmError, unknown_name
+
+
+# --- what the trainer and the model exchange ------------------------------------------------------
+@dataclass
+class Phase:
+    """One player or stage of a model's training.
+
+    Attributes:
+        name: passed back to :meth:`GenerativeModel.loss`.
+        parameters: the parameters this phase's optimiser updates.
+        steps: optimiser steps per round (e.g. ``k`` critic steps per generator step).
+        lr: learning rate; ``None`` takes the trainer's ``lr`` (TTUR sets two rates).
+        betas: Adam betas; ``None`` takes the trainer's.
+        epochs: ``(first, last)`` epochs, 0-based and inclusive, in which the phase is active;
+            ``None`` for always. Multi-stage models (a VQ-VAE, then its prior) use this.
+    """
+
+    name: str
+    parameters: list[nn.Parameter]
+    steps: int = 1
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    epochs: tuple[int, int] | None = None
+
+    def active(self, epoch: int) -> bool:
+        return self.epochs is None or self.epochs[0] <= epoch <= self.epochs[1]
+
+
+@dataclass
+class Progress:
+    """Where training stands, passed explicitly to :meth:`GenerativeModel.loss` (for schedules such
+    as KL warm-up) instead of being threaded through ``forward``."""
+
+    step: int = 0  # optimiser rounds completed so far
+    epoch: int = 0
+    total_steps: int = 1  # rounds in the whole run
+
+
+@dataclass
+class Loss:
+    """The output of :meth:`GenerativeModel.loss`.
+
+    Attributes:
+        loss: the scalar to minimise.
+        metrics: scalars to log (detached by the trainer), e.g. ``{"elbo": ..., "kl": ...}``.
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+# --- the protocol ---------------------------------------------------------------------------------
+class GenerativeModel(nn.Module):
+    """Base class of every dgm model. Subclasses set ``name``, ``Config`` and implement :meth:`loss`
+    and :meth:`sample`, plus any of the optional capabilities."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: Any, spec: DataSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.spec = spec
+
+    # -- data representation the model wants, decided before the model exists ----------------------
+    @classmethod
+    def default_representation(cls, config: Any, spec: DataSpec) -> str:
+        """The data representation this configuration trains on (``spec`` has the natural one)."""
+        return spec.representation
+
+    # -- training --------------------------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        """The players/stages of training; one phase over all parameters by default."""
+        return [Phase("model", list(self.parameters()))]
+
+    def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
+        raise NotImplementedError
+
+    # -- generation ------------------------------------------------------------------------------
+    def sample(self, n: int, condition: Tensor | None = None, *,
+               generator: torch.Generator | None = None) -> Tensor:
+        """``n`` samples ``(n, *spec.shape)`` in the data representation."""
+        raise NotImplementedError
+
+    # -- optional capabilities (override what the model has) ---------------------------------------
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log-likelihood in nats, ``(B,)``."""
+        raise NotImplementedError
+
+    def elbo(self, x: Tensor) -> Tensor:
+        """A variational lower bound on log p(x) in nats, ``(B,)``."""
+        raise NotImplementedError
+
+    def iwae_bound(self, x: Tensor, k: int, *, chunk: int = 500) -> Tensor:
+        """The importance-weighted bound with ``k`` samples, nats, ``(B,)`` (Burda et al. 2016)."""
+        raise NotImplementedError
+
+    def kl_per_dim(self, x: Tensor) -> Tensor:
+        """KL(q(z|x) || p(z)) for each latent dimension in nats, ``(B, latent_dim)`` (posterior
+        collapse diagnostics)."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> Tensor:
+        """A deterministic code (e.g. the posterior mean), ``(B, latent_dim)``."""
+        raise NotImplementedError
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Data-space output ``(B, *spec.shape)`` for codes ``z``."""
+        raise NotImplementedError
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    @property
+    def likelihood_kind(self) -> str:
+        """``"discrete"`` when :meth:`log_prob` / bounds are a pmf over the discrete data (binary, levels),
+        ``"density"`` when they are a density over continuous values (dequantized or continuous data)."""
+        return "density" if self.spec.representation in ("dequantized", "continuous") else "discrete"
+
+    # -- conveniences ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes a conditional model takes as ``condition`` (``None``: unconditional)."""
+        return None
+
+
+CAPABILITIES = ("sample", "log_prob", "elbo", "iwae_bound", "kl_per_dim", "encode", "decode", "reconstruct")
+
+
+def capabilities(model: GenerativeModel | type[GenerativeModel]) -> set[str]:
+    """The optional methods a model implements, found by what its class overrides."""
+    cls = model if isinstance(model, type) else type(model)
+    have = {c for c in CAPABILITIES if getattr(cls, c) is not getattr(GenerativeModel, c)}
+    if {"encode", "decode"} <= have:
+        have.add("reconstruct")
+    return have
+
+
+def require(model: GenerativeModel, capability: str, what: str) -> None:
+    """Raise a clear error when ``model`` lacks ``capability`` (e.g. a GAN asked for a likelihood)."""
+    if capability not in capabilities(model):
+        raise DgmError(f"model {model.name!r} has no {capability.replace('_', ' ')}, so it cannot give "
+                       f"{what}: choose metrics from what it supports ({', '.join(sorted(capabilities(model)))})")
+
+
+# --- registry -------------------------------------------------------------------------------------
+MODELS: dict[str, type[GenerativeModel]] = {}
+
+
+def register(cls: type[GenerativeModel]) -> type[GenerativeModel]:
+    """Class decorator: make a model available to :func:`create`, ``dgm train NAME`` and ``dgm list``."""
+    if not dataclasses.is_dataclass(cls.Config):
+        raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+    MODELS[cls.name] = cls
+    return cls
+
+
+def model_class(name: str) -> type[GenerativeModel]:
+    import dgm.models  # noqa: F401  (importing the package registers every built-in family)
+
+    if name not in MODELS:
+        raise unknown_name("model", name, MODELS)
+    return MODELS[name]
+
+
+def make_config(cls: type[GenerativeModel], values: dict[str, Any]) -> Any:
+    """Build ``cls.Config`` from plain values (JSON, YAML, ``--set``), with clear errors."""
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise unknown_name(f"setting of model {cls.name!r}", unknown[0], fields)
+    hints = typing.get_type_hints(cls.Config)
+    return cls.Config(**{k: coerce(v, hints[k], f"model.{k}") for k, v in values.items()})
+
+
+def create(name: str, spec: DataSpec, **config: Any) -> GenerativeModel:
+    """Build a registered model by name for data described by ``spec``.
+
+    Example:
+        >>> spec = dgm.data.load("digits").spec
+        >>> vae = dgm.create("vae", spec, latent_dim=8)
+    """
+    cls = model_class(name)
+    return cls(make_config(cls, config), spec)
+
+
+# --- typed values from strings and JSON -----------------------------------------------------------
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert ``value`` (often a string from the command line) to the type ``hint`` of ``key``.
+
+    Supports bool, int, float, str, ``Literal[...]``, ``X | None``, and tuples/lists of those;
+    anything else passes through. Errors name the key and what it accepts.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, key)
+            except DgmError as e:
+                errors.append(str(e))
+        raise DgmError(errors[0] if errors else f"{key} cannot be {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise unknown_name(f"value for {key}", str(value), [str(a) for a in args])
+    if origin in (tuple, list):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        inner = args[0] if args else str
+        out = [coerce(v.strip() if isinstance(v, str) else v, inner, key) for v in items if v != ""]
+        return tuple(out) if origin is tuple else out
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise DgmError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    return value
+
+
+def config_to_json(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def iter_models() -> Iterator[type[GenerativeModel]]:
+    import dgm.models  # noqa: F401
+
+    yield from (MODELS[k] for k in sorted(MODELS))
+
+
+def parameters_of(*modules: nn.Module | Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """The parameters of several modules, for a :class:`Phase`."""
+    out: list[nn.Parameter] = []
+    for m in modules:
+        out.extend(m.parameters() if isinstance(m, nn.Module) else m)
+    return out
+

@@ -1,0 +1,189 @@
+"""The variational autoencoder and its training-objective variants.
+
+Kingma & Welling 2014, "Auto-Encoding Variational Bayes", arXiv:1312.6114.
+Rezende, Mohamed & Wierstra 2014, arXiv:1401.4082.
+
+With a Gaussian encoder q(z|x) = N(mu(x), diag sigma(x)^2) and prior p(z) = N(0, I)::
+
+    ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z))                                  (AEVB eq. 3)
+    KL      = 1/2 sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2)                     (AEVB app. B)
+
+Variants are options of the one objective:
+
+* beta-VAE (Higgins et al. 2017): the KL term weighted by ``beta``;
+* KL warm-up (Bowman et al. 2016, arXiv:1511.06349; Sønderby et al. 2016): beta ramps from 0;
+* free bits (Kingma et al. 2016, arXiv:1606.04934, eq. 15): each latent dimension's batch-averaged
+  KL is counted as at least ``free_bits`` nats, so the optimiser gains nothing by collapsing it;
+* IWAE (Burda, Grosse & Salakhutdinov 2016, arXiv:1509.00519, eq. 8): with ``iwae_k > 1`` the
+  training objective is L_k = E[log 1/k sum_i w_i], w_i = p(x, z_i) / q(z_i | x).
+
+Evaluation: :meth:`VAE.iwae_bound` gives L_k for k up to thousands (chunked, logsumexp-stable),
+with ELBO = L_1 <= L_k <= L_{k+1} <= log p(x).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from dgm.data.core import Batch, DataSpec
+from dgm.errors import DgmError
+from dgm.models.base import GenerativeModel, Loss, Progress, register
+from dgm.nn import LIKELIHOODS, MLP, ConvDecoder, ConvEncoder, make_likelihood
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class VAEConfig:
+    """Settings of :class:`VAE` (``--set model.KEY=VALUE``)."""
+
+    latent_dim: int = 16  # dimension of z
+    network: Literal["mlp", "conv"] = "mlp"  # encoder/decoder networks (conv: 8x8, 28x28, 32x32 images)
+    hidden: tuple[int, ...] = (512, 256)  # MLP hidden widths of the encoder; the decoder mirrors them
+    width: int = 32  # conv channels at full resolution (doubled at each downsampling)
+    num_res_blocks: int = 1  # residual blocks per resolution of the conv networks
+    likelihood: Literal["bernoulli", "gaussian", "logistic", "logistic-mixture", "categorical"] = "bernoulli"
+    gaussian_scale: Literal["learned", "output"] = "learned"  # gaussian: a free per-dim scale, or decoded
+    mixture_components: int = 5  # logistic-mixture: components per dimension
+    beta: float = 1.0  # weight of the KL term (beta-VAE); 1 is the ELBO
+    kl_warmup_steps: int = 0  # ramp beta linearly from 0 over this many steps (0: no warm-up)
+    free_bits: float = 0.0  # minimum nats of KL counted per latent dimension (0: off)
+    iwae_k: int = 1  # importance samples of the training objective (1: ELBO, >1: IWAE)
+    sample_mean: bool = True  # sample() returns the decoder mean E[x|z] (the usual picture); False draws x~p(x|z)
+
+
+@register
+class VAE(GenerativeModel):
+    """Variational autoencoder with a Gaussian posterior, a standard normal prior and any of the
+    shared observation likelihoods.
+
+    Example:
+        >>> data = dgm.data.load("digits", representation="binary-dynamic")
+        >>> vae = dgm.create("vae", data.spec, latent_dim=8)
+        >>> vae.loss(data.tensors(32), "model", Progress()).loss.backward()
+    """
+
+    name = "vae"
+    Config = VAEConfig
+    description = "variational autoencoder (beta, KL warm-up, free bits, IWAE objective; MLP or conv)"
+
+    def __init__(self, config: VAEConfig, spec: DataSpec) -> None:
+        super().__init__(config, spec)
+        if config.iwae_k < 1:
+            raise DgmError(f"model.iwae_k must be >= 1, got {config.iwae_k}")
+        if config.iwae_k > 1 and (config.beta != 1 or config.free_bits or config.kl_warmup_steps):
+            raise DgmError("the IWAE objective (iwae_k > 1) is a bound on log p(x) and takes no beta, "
+                           "free_bits or kl_warmup_steps: set those back to their defaults")
+        options = {"logistic-mixture": {"components": config.mixture_components},
+                   "gaussian": {"scale": config.gaussian_scale}}.get(config.likelihood, {})
+        self.likelihood = make_likelihood(config.likelihood, spec, **options)
+        out_shape = self.likelihood.params_shape
+        d = config.latent_dim
+        if config.network == "conv":
+            if not spec.is_image:
+                raise DgmError(f"network=conv needs image data, but {spec.name!r} has shape {spec.shape}: "
+                               f"use --set model.network=mlp")
+            self.encoder = ConvEncoder(spec.shape, 2 * d, width=config.width, num_res_blocks=config.num_res_blocks)
+            self.decoder = ConvDecoder(d, out_shape, width=config.width, num_res_blocks=config.num_res_blocks)
+        else:
+            self.encoder = nn.Sequential(nn.Flatten(), MLP(spec.dim, config.hidden, 2 * d))
+            self.decoder = nn.Sequential(MLP(d, tuple(reversed(config.hidden)), math.prod(out_shape)),
+                                         nn.Unflatten(1, out_shape))
+
+    @classmethod
+    def default_representation(cls, config: VAEConfig, spec: DataSpec) -> str:
+        if spec.levels is None:  # continuous data (2-D toys, float arrays)
+            return "continuous"
+        return LIKELIHOODS[config.likelihood].default_representation
+
+    @property
+    def likelihood_kind(self) -> str:
+        return "discrete" if self.likelihood.discrete else "density"
+
+    # --- the two halves ---------------------------------------------------------------------------
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q(z|x), each ``(B, latent_dim)``."""
+        mu, logvar = self.encoder(x if x.is_floating_point() else x.float()).chunk(2, dim=-1)
+        return mu, logvar.clamp(-30.0, 20.0)  # keeps exp(logvar) finite early in training
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z) in nats, ``(B,)``."""
+        return self.likelihood.log_prob(self.decoder(z), x)
+
+    @staticmethod
+    def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + eps * (0.5 * logvar).exp()
+
+    @staticmethod
+    def analytic_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+        """KL(N(mu, e^logvar) || N(0, 1)) per dimension, ``(B, latent_dim)``."""
+        return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+    # --- training ---------------------------------------------------------------------------------
+    def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
+        c = self.config
+        if c.iwae_k > 1:
+            bound = self.iwae_bound(batch.x, c.iwae_k, chunk=c.iwae_k)
+            return Loss(-bound.mean(), {"iwae": bound.mean()})
+        mu, logvar = self.posterior(batch.x)
+        z = self.reparameterize(mu, logvar)
+        rec = self.log_likelihood(batch.x, z)  # (B,)
+        kl = self.analytic_kl(mu, logvar)  # (B, latent_dim)
+        kl_counted = kl.mean(0)  # (latent_dim,) the batch-averaged KL of each dimension
+        if c.free_bits > 0:
+            kl_counted = kl_counted.clamp(min=c.free_bits)
+        warmup = min(1.0, (progress.step + 1) / c.kl_warmup_steps) if c.kl_warmup_steps else 1.0
+        beta = c.beta * warmup
+        elbo = rec - kl.sum(-1)
+        return Loss(-rec.mean() + beta * kl_counted.sum(),
+                    {"elbo": elbo.mean(), "reconstruction": rec.mean(), "kl": kl.sum(-1).mean(),
+                     "beta": torch.tensor(beta)})
+
+    # --- likelihood bounds ------------------------------------------------------------------------
+    def elbo(self, x: Tensor) -> Tensor:
+        """One-sample Monte Carlo ELBO with the analytic KL, nats, ``(B,)``."""
+        mu, logvar = self.posterior(x)
+        z = self.reparameterize(mu, logvar)
+        return self.log_likelihood(x, z) - self.analytic_kl(mu, logvar).sum(-1)
+
+    def log_weights(self, x: Tensor, k: int) -> Tensor:
+        """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for z_i ~ q(z|x), ``(k, B)``."""
+        mu, logvar = self.posterior(x)
+        B, d = mu.shape
+        eps = torch.randn(k, B, d, device=mu.device, dtype=mu.dtype)
+        z = mu + eps * (0.5 * logvar).exp()  # (k, B, d)
+        log_q = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)  # (k, B)
+        log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # (k, B)
+        x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * B, *x.shape[1:])
+        log_px = self.log_likelihood(x_rep, z.reshape(k * B, d)).view(k, B)
+        return log_px + log_prior - log_q
+
+    def iwae_bound(self, x: Tensor, k: int, *, chunk: int = 500) -> Tensor:
+        """L_k = log 1/k sum_i w_i (Burda et al. 2016, eq. 8), in nats, ``(B,)``; the k samples are
+        drawn ``chunk`` at a time and combined with logsumexp, so k = 5000 fits in memory."""
+        parts = [self.log_weights(x, min(chunk, k - i)) for i in range(0, k, chunk)]
+        return torch.cat(parts).logsumexp(0) - math.log(k)
+
+    def kl_per_dim(self, x: Tensor) -> Tensor:
+        return self.analytic_kl(*self.posterior(x))
+
+    # --- generation and codes ---------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        return self.posterior(x)[0]
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.likelihood.mean(self.decoder(z))
+
+    def sample(self, n: int, condition: Tensor | None = None, *,
+               generator: torch.Generator | None = None) -> Tensor:
+        if condition is not None:
+            raise DgmError("the VAE is unconditional: drop the condition (the conditional VAE is its own model)")
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
+        params = self.decoder(z)
+        return self.likelihood.mean(params) if self.config.sample_mean else \
+            self.likelihood.sample(params, generator=generator)

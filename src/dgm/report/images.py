@@ -1,0 +1,86 @@
+"""Pictures of samples: image grids for image data, scatter plots for 2-D data."""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from dgm.data.core import DataSpec, to_unit
+
+
+def grid(images: Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1) -> Image.Image:
+    """Tile images ``(N, C, H, W)`` with values in [0, 1] into one picture, ``nrow`` per row."""
+    images = images.detach().float().clamp(0, 1).cpu()
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    canvas = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[:, top:top + h, left:left + w] = images[i]
+    array = (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    picture = Image.fromarray(array[..., 0] if c == 1 else array, mode="L" if c == 1 else "RGB")
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    return picture
+
+
+def scatter(points: Tensor, reference: Tensor | None = None, size: float = 4.0) -> Image.Image:
+    """A scatter plot of 2-D ``points`` (over ``reference`` points in grey) as a picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(size, size), dpi=80)
+    if reference is not None:
+        r = reference.detach().cpu().numpy()
+        ax.scatter(r[:, 0], r[:, 1], s=2, c="0.8", label="data")
+    p = points.detach().cpu().numpy()
+    ax.scatter(p[:, 0], p[:, 1], s=2, c="C0", label="samples")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    return figure_to_image(fig)
+
+
+def figure_to_image(fig) -> Image.Image:  # noqa: ANN001 (a matplotlib Figure)
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def sample_picture(samples: Tensor, spec: DataSpec, reference: Tensor | None = None,
+                   nrow: int | None = None) -> Image.Image:
+    """The natural picture of samples in ``spec``'s representation: a grid or a scatter plot."""
+    if spec.is_image:
+        scale = max(1, 64 // spec.shape[-1])  # 8x8 digits are shown 8 times larger
+        return grid(to_unit(samples, spec), nrow=nrow, scale=scale)
+    if spec.shape == (2,):
+        return scatter(samples, reference)
+    raise ValueError(f"no picture for data of shape {spec.shape}")
+
+
+def save(picture: Image.Image, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    return path
+
+
+def data_uri(picture: Image.Image) -> str:
+    """A PNG as an inline ``data:`` URI (the HTML report has no external files)."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,172 @@
+"""Runs: a model, its data and its trainer settings in one JSON-able config, trained into a folder.
+
+``config.json`` in a run directory is a :class:`RunConfig`; :func:`load` rebuilds the trained model
+from it and the safetensors weights beside it, so a run is reproducible from its folder alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dgm import __version__
+from dgm.data.core import DataSpec, Dataset
+from dgm.errors import DgmError, unknown_name
+from dgm.models.base import GenerativeModel, coerce, config_to_json, make_config, model_class
+from dgm.train import checkpoint as ckpt
+from dgm.train.trainer import TrainConfig, Trainer, resolve_device
+
+
+@dataclass
+class DataConfig:
+    """Which data a run trains on (``--set data.KEY=VALUE``)."""
+
+    name: str = "digits"  # a name from 'dgm list', or folder:PATH / npz:PATH
+    representation: str | None = None  # None: the one the model asks for (e.g. binary-dynamic for Bernoulli)
+    size: int | None = None  # folder: images are resized to size x size
+    channels: int | None = None  # folder: 1 (grayscale) or 3 (RGB)
+    max_examples: int | None = None  # train on the first N examples only (quick runs)
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild a run: ``config.json``."""
+
+    model: str  # registered model name
+    model_config: dict[str, Any] = field(default_factory=dict)  # the model's Config, as plain values
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_json(self, spec: DataSpec | None = None) -> dict[str, Any]:
+        out = {"dgm_version": __version__, "model": self.model, "model_config": self.model_config,
+               "data": asdict(self.data), "train": asdict(self.train)}
+        if spec is not None:
+            out["spec"] = spec.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunConfig:
+        try:
+            return cls(model=d["model"], model_config=dict(d.get("model_config", {})),
+                       data=_dataclass_from(DataConfig, d.get("data", {}), "data"),
+                       train=_dataclass_from(TrainConfig, d.get("train", {}), "train"))
+        except (KeyError, TypeError) as e:
+            raise DgmError(f"config.json is not a dgm run config ({e!r}): pass a folder written by 'dgm train'") from None
+
+    # --- settings by dotted key (the CLI's --set and YAML files) ------------------------------------
+    def set(self, key: str, value: Any) -> None:
+        """Set ``model.KEY``, ``train.KEY`` or ``data.KEY`` (a bare KEY is looked up in that order)."""
+        cls = model_class(self.model)
+        sections: dict[str, tuple[Any, dict[str, Any]]] = {
+            "model": (cls.Config, {f.name: f for f in dataclasses.fields(cls.Config)}),
+            "train": (TrainConfig, {f.name: f for f in dataclasses.fields(TrainConfig)}),
+            "data": (DataConfig, {f.name: f for f in dataclasses.fields(DataConfig)}),
+        }
+        if "." in key:
+            section, name = key.split(".", 1)
+            if section not in sections:
+                raise unknown_name("settings section", section, sections)
+            if name not in sections[section][1]:
+                raise unknown_name(f"{section} setting", name, sections[section][1])
+        else:
+            matches = [s for s, (_, fields) in sections.items() if key in fields]
+            if not matches:
+                every = [f"{s}.{n}" for s, (_, fields) in sections.items() for n in fields]
+                raise unknown_name("setting", key, every)
+            section, name = matches[0], key
+        hint = typing.get_type_hints(sections[section][0])[name]
+        typed = coerce(value, hint, f"{section}.{name}")
+        if section == "model":
+            self.model_config[name] = typed
+        else:
+            setattr(getattr(self, section), name, typed)
+
+
+def _dataclass_from(cls: type, values: dict[str, Any], section: str) -> Any:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for k in values:
+        if k not in fields:
+            raise unknown_name(f"{section} setting", k, fields)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
+
+
+# --- building -------------------------------------------------------------------------------------
+def load_data(config: RunConfig, split: str, *, device: str | torch.device = "cpu") -> Dataset:
+    """The split of the run's dataset in the representation its model trains on."""
+    from dgm import data as dgm_data
+
+    d = config.data
+    natural = dgm_data.load(d.name, split, size=d.size, channels=d.channels, device=device)
+    representation = d.representation or representation_for(config, natural.spec)
+    dataset = natural.with_representation(representation)
+    if split == "train" and d.max_examples:
+        dataset = dataset.subset(d.max_examples)
+    return dataset
+
+
+def representation_for(config: RunConfig, spec: DataSpec) -> str:
+    cls = model_class(config.model)
+    return cls.default_representation(make_config(cls, config.model_config), spec)
+
+
+def build_model(config: RunConfig, spec: DataSpec) -> GenerativeModel:
+    cls = model_class(config.model)
+    torch.manual_seed(config.train.seed)  # the initial weights follow the run's seed
+    return cls(make_config(cls, config.model_config), spec)
+
+
+def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[GenerativeModel, Path]:
+    """Train the run described by ``config`` into the folder ``out`` (or resume the run there).
+
+    Returns the trained model (carrying its EMA weights if EMA was kept) and the run directory.
+    """
+    out = Path(out)
+    device = resolve_device(config.train.device)
+    data = load_data(config, "train", device=device)
+    model = build_model(config, data.spec)
+    # the full model config (defaults included) is what lands in the checkpoint
+    config.model_config = config_to_json(model.config)
+    if not resume:
+        if (out / ckpt.TRAINER_STATE).exists():
+            raise DgmError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+    ckpt.save_json(config.to_json(data.spec), out / ckpt.CONFIG)
+    trainer = Trainer(model, data, config.train, run_dir=out)
+    trainer.fit(resume=resume)
+    if trainer.ema is not None:
+        model.load_state_dict(trainer.ema.shadow)
+    return model.eval(), out
+
+
+def read_config(run_dir: str | Path) -> tuple[RunConfig, DataSpec]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DgmError(f"run directory {run_dir} does not exist: pass the --out folder of 'dgm train'")
+    raw = ckpt.load_json(run_dir / ckpt.CONFIG)
+    if not isinstance(raw, dict) or "model" not in raw or "spec" not in raw:
+        raise DgmError(f"{run_dir / ckpt.CONFIG} is not a dgm run config: pass a folder written by 'dgm train'")
+    try:
+        spec = DataSpec.from_json(raw["spec"])
+    except TypeError as e:
+        raise DgmError(f"{run_dir / ckpt.CONFIG} has a damaged data spec ({e})") from None
+    return RunConfig.from_json(raw), spec
+
+
+def load(run_dir: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> GenerativeModel:
+    """Rebuild a trained model from its run directory (EMA weights when the run kept them).
+
+    Example:
+        >>> model = dgm.load("runs/vae-digits")
+        >>> x = model.sample(16)
+    """
+    run_dir = Path(run_dir)
+    config, spec = read_config(run_dir)
+    model = build_model(config, spec)
+    weights = run_dir / (ckpt.EMA_WEIGHTS if ema and (run_dir / ckpt.EMA_WEIGHTS).exists() else ckpt.WEIGHTS)
+    ckpt.load_state_dict_checked(model, ckpt.load_tensors(weights), weights)
+    return model.to(device).eval()

@@ -1,0 +1,418 @@
+"""One training loop for every family.
+
+The trainer knows nothing about the model it trains beyond the protocol of
+:class:`~dgm.models.base.GenerativeModel`: it asks for the model's phases, builds one optimiser per
+phase, and within each epoch cycles through the active phases, ``phase.steps`` optimiser steps each,
+every step on a fresh batch::
+
+    for epoch in epochs:
+        for i, batch in enumerate(data.batches(...)):
+            phase = cycle[i % len(cycle)]          # e.g. [critic] * 5 + [generator]
+            loss = model.loss(batch, phase.name, progress)
+            step(phase.optimizer, loss)
+
+Extensions (mode-coverage logging, duality gaps, ...) attach as callbacks, not as edits here.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor
+
+from dgm.data.core import Dataset
+from dgm.errors import DgmError
+from dgm.models.base import GenerativeModel, Phase, Progress, capabilities
+from dgm.train import checkpoint as ckpt
+from dgm.train.ema import EMA
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the training loop (``--set train.KEY=VALUE``)."""
+
+    epochs: int = 10  # passes over the training split
+    batch_size: int = 128  # examples per optimiser step
+    lr: float = 1e-3  # Adam learning rate (a phase may set its own)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas (a phase may set its own)
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW)
+    schedule: Literal["constant", "cosine"] = "constant"  # learning-rate schedule after warm-up
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0, in optimiser rounds
+    grad_clip: float | None = None  # clip the global gradient norm of each phase to this value
+    ema: float | None = None  # EMA decay of the weights (e.g. 0.999); EMA weights are used to sample
+    seed: int = 0  # seeds weights, data order and all noise: a run is reproducible from config.json
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast of the forward pass (AMX CPUs, GPUs)
+    max_steps_per_epoch: int | None = None  # cut epochs short (quick runs, tests)
+    log_every: int = 10  # optimiser steps between rows of metrics.csv
+    sample_every: int = 1  # epochs between sample grids in samples/ (0: never)
+    num_samples: int = 64  # images in each sample grid
+    progress: bool = True  # show a progress bar with the live loss
+
+
+class Callback(Protocol):
+    """Hooks into the loop; implement any of them (every method is optional)."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> dict[str, float] | None: ...
+
+
+class TrainingDiverged(DgmError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(DgmError):
+    """Ctrl-C during training; the state at the last completed step was saved."""
+
+
+@dataclass
+class _Position:
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # batches consumed in the current epoch
+    step: int = 0  # optimiser steps so far
+    data_rng: Tensor | None = None  # state of the data generator at the start of the epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DgmError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DgmError(f"device {name!r} asked for, but no CUDA GPU is available: use --set train.device=cpu")
+    return device
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` with ``config``, writing checkpoints and logs to ``run_dir``.
+
+    Args:
+        model: any registered model.
+        data: the training split, in the representation the model trains on.
+        config: the loop's settings.
+        run_dir: where checkpoints, ``metrics.csv`` and ``samples/`` go; ``None`` keeps nothing.
+        callbacks: objects with an ``on_epoch_end(trainer, epoch)`` returning extra metrics to log.
+    """
+
+    def __init__(self, model: GenerativeModel, data: Dataset, config: TrainConfig, *,
+                 run_dir: str | Path | None = None, callbacks: Sequence[Callback] = ()) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.data = data.to(self.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.callbacks = list(callbacks)
+        if len(self.data) < config.batch_size:
+            raise DgmError(f"the training split has {len(self.data)} examples, fewer than one batch of "
+                           f"{config.batch_size}: lower --batch-size")
+        torch.manual_seed(config.seed)  # noise the model draws in training comes from here
+        self.phases: list[Phase] = model.phases()
+        self.optimizers = {p.name: torch.optim.AdamW(
+            p.parameters, lr=p.lr or config.lr, betas=p.betas or config.betas,
+            weight_decay=config.weight_decay) for p in self.phases}
+        self.ema = EMA(model, config.ema) if config.ema else None
+        self.data_rng = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.position = _Position()
+        self._log_sums: dict[str, float] = {}
+        self._log_count = 0
+
+    # --- schedule ---------------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        n = self.data.num_batches(self.config.batch_size, drop_last=True)
+        return min(n, self.config.max_steps_per_epoch or n)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    def lr_factor(self, step: int) -> float:
+        c = self.config
+        if step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        if c.schedule == "cosine":
+            t = (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        return 1.0
+
+    def cycle(self, epoch: int) -> list[Phase]:
+        """The order of phases within one round of this epoch (e.g. five critic steps, one generator)."""
+        active = [p for p in self.phases if p.active(epoch)]
+        if not active:
+            raise DgmError(f"no training phase of model {self.model.name!r} is active in epoch {epoch}")
+        return [p for p in active for _ in range(p.steps)]
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def fit(self, *, resume: bool = False) -> list[dict[str, float]]:
+        """Train to ``config.epochs`` (continuing from the run directory's checkpoint if ``resume``).
+
+        Returns the logged rows (also in ``metrics.csv``).
+        """
+        if resume:
+            self.load_checkpoint()
+        c, pos = self.config, self.position
+        bar = None
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16")
+        previous_handler = self._catch_interrupts()
+        try:
+            while pos.epoch < c.epochs:
+                if pos.batch == 0:
+                    pos.data_rng = self.data_rng.get_state()
+                else:  # resuming inside an epoch: replay its order from the saved generator state
+                    self.data_rng.set_state(pos.data_rng)
+                cycle = self.cycle(pos.epoch)
+                batches = self.data.batches(c.batch_size, shuffle=True, drop_last=True,
+                                            generator=self.data_rng, start=pos.batch)
+                bar = self._progress_bar(pos.epoch)
+                self.model.train()
+                for batch in batches:
+                    if pos.batch >= self.steps_per_epoch:
+                        break
+                    phase = cycle[pos.batch % len(cycle)]
+                    with autocast:
+                        out = self.model.loss(batch, phase.name, Progress(pos.step, pos.epoch, self.total_steps))
+                    self._check_finite(out.loss, phase)
+                    self._step(phase, out.loss)
+                    pos.batch += 1
+                    pos.step += 1
+                    self._accumulate(phase, out)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix_str(f"{phase.name} loss {out.loss.item():.4g}", refresh=False)
+                    if pos.step % c.log_every == 0:
+                        self._log_row()
+                    if self.stop_requested:
+                        raise KeyboardInterrupt
+                if bar is not None:
+                    bar.close()
+                self._end_epoch()
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+            self.save_checkpoint()
+            raise TrainingInterrupted(
+                f"interrupted at step {pos.step} (epoch {pos.epoch + 1}); the state was saved: "
+                f"resume with 'dgm train --resume {self.run_dir}'" if self.run_dir else
+                f"interrupted at step {pos.step}") from None
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+        return pos.history
+
+    def request_stop(self) -> None:
+        """Stop after the current optimiser step, save, and raise :class:`TrainingInterrupted`."""
+        self.stop_requested = True
+
+    def _catch_interrupts(self):  # noqa: ANN202
+        """The first Ctrl-C asks the loop to stop at the next step boundary (so the saved state is
+        exactly that of a completed step); a second one interrupts at once."""
+        self.stop_requested = False
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):  # noqa: ANN001, ANN202
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        return signal.signal(signal.SIGINT, handler)
+
+    def _step(self, phase: Phase, loss: Tensor) -> None:
+        optimizer = self.optimizers[phase.name]
+        for group in optimizer.param_groups:
+            group["lr"] = (phase.lr or self.config.lr) * self.lr_factor(self.position.step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(phase.parameters, self.config.grad_clip)
+        optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def _check_finite(self, loss: Tensor, phase: Phase) -> None:
+        if torch.isfinite(loss).item():
+            return
+        pos = self.position
+        kept = (f"the last good checkpoint (epoch {pos.epoch}) is kept in {self.run_dir}"
+                if self.run_dir and (self.run_dir / ckpt.WEIGHTS).exists() else "no checkpoint was written yet")
+        raise TrainingDiverged(
+            f"the {phase.name} loss became {loss.item()} at step {pos.step} (epoch {pos.epoch + 1}); {kept}: "
+            f"lower --set train.lr, set --set train.grad_clip=1.0, or try --set train.precision=fp32")
+
+    # --- logging ----------------------------------------------------------------------------------
+    def _metric_names(self, phase: Phase, names: Sequence[str]) -> list[str]:
+        # one phase: "loss", "kl"; several players: "critic/loss", "generator/loss"
+        return list(names) if len(self.phases) == 1 else [f"{phase.name}/{n}" for n in names]
+
+    def _accumulate(self, phase: Phase, out) -> None:  # noqa: ANN001 (a Loss)
+        values = {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.metrics.items()}}
+        for name, value in zip(self._metric_names(phase, list(values)), values.values()):
+            self._log_sums[name] = self._log_sums.get(name, 0.0) + float(value.float().mean())
+        self._log_sums.setdefault("_count/" + phase.name, 0.0)
+        self._log_sums["_count/" + phase.name] += 1
+
+    def _log_row(self, extra: dict[str, float] | None = None) -> None:
+        pos = self.position
+        counts = {k.split("/", 1)[1]: v for k, v in self._log_sums.items() if k.startswith("_count/")}
+        row: dict[str, float] = {"step": pos.step, "epoch": pos.epoch + pos.batch / max(1, self.steps_per_epoch)}
+        for name, total in self._log_sums.items():
+            if name.startswith("_count/"):
+                continue
+            phase = name.split("/", 1)[0] if len(self.phases) > 1 else self.phases[0].name
+            row[name] = total / counts[phase]
+        row["lr"] = self.config.lr * self.lr_factor(pos.step)
+        row.update(extra or {})
+        self._log_sums = {}
+        pos.history.append(row)
+        if self.run_dir is not None:
+            append_csv(self.run_dir / "metrics.csv", pos.history)
+            self._tensorboard(row)
+
+    def _tensorboard(self, row: dict[str, float]) -> None:
+        if not hasattr(self, "_tb"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self._tb = None
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self._tb.add_scalar(k, v, int(row["step"]))
+
+    def _progress_bar(self, epoch: int):  # noqa: ANN202
+        if not self.config.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.steps_per_epoch, initial=self.position.batch, leave=False,
+                    desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step", dynamic_ncols=True)
+
+    def _end_epoch(self) -> None:
+        pos = self.position
+        extra: dict[str, float] = {}
+        for callback in self.callbacks:
+            hook = getattr(callback, "on_epoch_end", None)
+            extra.update((hook(self, pos.epoch) if hook else None) or {})
+        if self._log_sums or extra:
+            self._log_row(extra)
+        if self.run_dir is not None and self.config.sample_every and "sample" in capabilities(self.model) \
+                and (pos.epoch + 1) % self.config.sample_every == 0:
+            self.save_sample_grid(self.run_dir / "samples" / f"epoch_{pos.epoch + 1:03d}.png")
+        pos.epoch += 1
+        pos.batch = 0
+        self.save_checkpoint()
+
+    @torch.no_grad()
+    def save_sample_grid(self, path: Path) -> None:
+        from dgm.report.images import sample_picture, save
+
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        rng = torch.get_rng_state()  # sampling must not disturb the training noise stream
+        with self.evaluation_weights() as model:
+            model.eval()
+            x = model.sample(self.config.num_samples, generator=generator)
+            model.train()
+        torch.set_rng_state(rng)
+        reference = self.data.tensors(2000).x if not self.data.spec.is_image else None
+        save(sample_picture(x, self.data.spec, reference), path)
+
+    def evaluation_weights(self):  # noqa: ANN201
+        """Context in which the model carries the weights used for sampling (EMA when kept)."""
+        from contextlib import nullcontext
+
+        return self.ema.applied(self.model) if self.ema is not None else nullcontext(self.model)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        pos = self.position
+        tensors: dict[str, Tensor] = {"rng/torch": torch.get_rng_state(),
+                                      "rng/data": self.data_rng.get_state()}
+        if pos.data_rng is not None:
+            tensors["rng/data_epoch_start"] = pos.data_rng
+        optim_meta = {}
+        for name, optimizer in self.optimizers.items():
+            t, meta = ckpt.flatten_optimizer(name, optimizer.state_dict())
+            tensors.update(t)
+            optim_meta[name] = meta
+        # tensors first, the JSON that points at them last: a crash in between leaves the old JSON
+        ckpt.save_tensors(self.model.state_dict(), self.run_dir / ckpt.WEIGHTS)
+        if self.ema is not None:
+            ckpt.save_tensors(self.ema.shadow, self.run_dir / ckpt.EMA_WEIGHTS)
+        ckpt.save_tensors(tensors, self.run_dir / ckpt.TRAINER_TENSORS)
+        ckpt.save_json({"epoch": pos.epoch, "batch": pos.batch, "step": pos.step,
+                        "optimizers": optim_meta, "log_sums": self._log_sums, "config": asdict(self.config)},
+                       self.run_dir / ckpt.TRAINER_STATE)
+
+    def load_checkpoint(self) -> None:
+        assert self.run_dir is not None, "resuming needs a run directory"
+        state = ckpt.load_json(self.run_dir / ckpt.TRAINER_STATE)
+        tensors = ckpt.load_tensors(self.run_dir / ckpt.TRAINER_TENSORS)
+        ckpt.load_state_dict_checked(self.model, ckpt.load_tensors(self.run_dir / ckpt.WEIGHTS, self.device),
+                                     self.run_dir / ckpt.WEIGHTS)
+        if self.ema is not None and (self.run_dir / ckpt.EMA_WEIGHTS).exists():
+            self.ema.shadow = ckpt.load_tensors(self.run_dir / ckpt.EMA_WEIGHTS, self.device)
+        for name, optimizer in self.optimizers.items():
+            if name not in state["optimizers"]:
+                raise DgmError(f"the checkpoint in {self.run_dir} has no optimiser for phase {name!r}: "
+                               f"it was written by another model")
+            optimizer.load_state_dict(ckpt.unflatten_optimizer(name, tensors, state["optimizers"][name]))
+        torch.set_rng_state(tensors["rng/torch"])
+        self.data_rng.set_state(tensors["rng/data"])
+        pos = self.position
+        pos.epoch, pos.batch, pos.step = state["epoch"], state["batch"], state["step"]
+        pos.data_rng = tensors.get("rng/data_epoch_start")
+        self._log_sums = state["log_sums"]  # a log interval cut by the interrupt goes on where it was
+        # continue the same curve: keep the rows logged up to the checkpoint, drop any logged after it
+        pos.history = [r for r in read_csv(self.run_dir / "metrics.csv") if r["step"] <= pos.step]
+        if pos.history:
+            write_csv(self.run_dir / "metrics.csv", pos.history)
+
+
+def append_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    """Append the last of ``rows`` to the CSV at ``path``; rewrite it whole when the row brings a
+    new column (columns may appear over time, e.g. metrics logged only at the end of an epoch)."""
+    if path.exists() and len(rows) > 1:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if set(rows[-1]) <= set(header):
+            with path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=header, restval="").writerow(rows[-1])
+            return
+    write_csv(path, rows)
+
+
+def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    """Write ``rows`` (the header covers the columns of every row)."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def read_csv(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
