@@ -18,8 +18,8 @@ from dgm.errors import DgmError
 
 DEMO_SETTINGS = {  # the main job: a VAE on the bundled 8x8 digits, about a minute on 2 cores
     "model.latent_dim": 8, "model.likelihood": "logistic", "model.hidden": "256,128",
-    "model.kl_warmup_steps": 500, "train.epochs": 250, "train.batch_size": 64, "train.lr": 2e-3,
-    "train.schedule": "cosine", "train.sample_every": 25,
+    "model.kl_warmup_steps": 500, "train.epochs": 100, "train.batch_size": 64, "train.lr": 2e-3,
+    "train.schedule": "cosine", "train.sample_every": 10,
 }
 
 

@@ -110,9 +110,15 @@ class VAE(GenerativeModel):
         mu, logvar = self.encoder(x if x.is_floating_point() else x.float()).chunk(2, dim=-1)
         return mu, logvar.clamp(-30.0, 20.0)  # keeps exp(logvar) finite early in training
 
+    def decoder_params(self, z: Tensor) -> Tensor:
+        """The likelihood's parameters for codes ``z``, in at least float32: under bf16 autocast
+        the networks run in bf16, but log-likelihoods summed over hundreds of pixels need fp32."""
+        params = self.decoder(z)
+        return params.float() if params.dtype in (torch.bfloat16, torch.float16) else params
+
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x|z) in nats, ``(B,)``."""
-        return self.likelihood.log_prob(self.decoder(z), x)
+        return self.likelihood.log_prob(self.decoder_params(z), x)
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -177,13 +183,13 @@ class VAE(GenerativeModel):
         return self.posterior(x)[0]
 
     def decode(self, z: Tensor) -> Tensor:
-        return self.likelihood.mean(self.decoder(z))
+        return self.likelihood.mean(self.decoder_params(z))
 
     def sample(self, n: int, condition: Tensor | None = None, *,
                generator: torch.Generator | None = None) -> Tensor:
         if condition is not None:
             raise DgmError("the VAE is unconditional: drop the condition (the conditional VAE is its own model)")
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
-        params = self.decoder(z)
+        params = self.decoder_params(z)
         return self.likelihood.mean(params) if self.config.sample_mean else \
             self.likelihood.sample(params, generator=generator)
