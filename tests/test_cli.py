@@ -162,3 +162,23 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
     assert "fashion-mnist" in proc.stderr
+
+
+def test_ctrl_c_saves_the_run_and_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "dgm.cli", "train", "vae", "--data", "digits", "--epochs",
+                             "100000", "--out", str(out), *TINY], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while not (out / "trainer.json").exists() and time.time() < deadline:  # the first epoch is saved
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "resume with 'dgm train --resume" in err
+    state = json.loads((out / "trainer.json").read_text())
+    assert state["step"] >= 11  # at least one epoch (11 batches of 128 from 1437 digits)
+    assert main(["train", "--resume", str(out), "--epochs", str(state["epoch"] + 1), "--quiet"]) == 0

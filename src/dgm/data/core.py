@@ -174,11 +174,10 @@ class Dataset:
         if rep == "signed":
             return unit * 2 - 1
         if rep == "dequantized":
-            u = torch.rand(raw.shape, generator=generator, device=raw.device)
-            return (raw.float() + u) / L
+            return (raw.float() + uniform_noise(raw.shape, generator, raw.device)) / L
         # binary: fresh draws for a training split of binary-dynamic; otherwise one fixed draw
         if rep == "binary-dynamic" and self.train:
-            return torch.bernoulli(unit, generator=generator)
+            return (uniform_noise(raw.shape, generator, raw.device) < unit).float()
         return self._fixed_binarization()[index]
 
     def _fixed_binarization(self) -> Tensor:
@@ -227,6 +226,13 @@ class Dataset:
         n = len(self) if n is None else min(n, len(self))
         index = torch.arange(n, device=self.device)
         return Batch(self.present(index), None if self.labels is None else self.labels[:n])
+
+
+def uniform_noise(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """U[0, 1) noise drawn on the generator's device and moved to ``device``: the data generator
+    lives on the CPU, so a run draws the same noise on a CPU and on a GPU."""
+    noise_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=noise_device).to(device)
 
 
 def to_unit(x: Tensor, spec: DataSpec) -> Tensor:
