@@ -1,4 +1,4 @@
-"""The ``dgm`` command line: train, sample, eval, report, list, demo.
+"""The ``dgm`` command line: train, sample, eval, compare, report, list, demo.
 
 Every command works for every registered model: the CLI asks models what they can do
 (:func:`dgm.models.capabilities`) and never which family they are. User errors print one line
@@ -144,7 +144,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.max_examples:
         data = data.subset(args.max_examples)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    results = evaluate(model, data, metrics, k=args.k, progress=not args.quiet)
+    results = evaluate(model, data, metrics, train=run.load_data(config, "train"), k=args.k,
+                       num_samples=args.num_samples, feature_net=args.feature_net,
+                       inception_weights=args.inception_weights, kid_subset_size=args.kid_subset_size,
+                       progress=not args.quiet)
     print(results_table(results))
     payload = [r.to_json() for r in results]
     save_json(payload, Path(args.run) / "eval.json")
@@ -160,6 +163,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     config, _ = run.read_config(args.run)
     print(write_report(args.run, run.load(args.run), run.load_data(config, "test")))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from dgm.report import compare
+
+    rows = compare.collect(compare.expand(args.runs))
+    print(compare.markdown(rows))
+    if args.markdown:
+        Path(args.markdown).write_text(compare.markdown(rows) + "\n")
+    if args.csv:
+        Path(args.csv).write_text(compare.to_csv(rows))
+    if args.plot:
+        print(f"plot: {compare.plot(rows, Path(args.plot))}")
     return 0
 
 
@@ -245,8 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=1000, help="importance samples of IWAE bounds")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--max-examples", type=int, help="evaluate on the first N examples only")
+    p.add_argument("--num-samples", type=int, default=10000, help="samples for FID/KID/IS/PR/mode coverage")
+    p.add_argument("--feature-net", help="fmnist-net, digits-net or inception (default: by image size)")
+    p.add_argument("--inception-weights", help="pt_inception-2015-12-05 weights file (or $DGM_INCEPTION_WEIGHTS)")
+    p.add_argument("--kid-subset-size", type=int, help="KID subset size (default: min(1000, the smaller set))")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("compare", help="one table of the metrics of several runs (a leaderboard)")
+    p.add_argument("runs", nargs="+", help="run directories or quoted globs, e.g. 'runs/*'")
+    p.add_argument("--markdown", help="also write the table to this file")
+    p.add_argument("--csv", help="also write the table as CSV")
+    p.add_argument("--plot", help="bar charts of every metric, as a PNG")
+    p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("report", help="(re)write RUN/report.html")
     p.add_argument("run")
@@ -272,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dgm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head, less, ...
+        return 0
 
 
 if __name__ == "__main__":

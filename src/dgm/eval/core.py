@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dgm.data.core import Dataset
+from dgm.data.core import DataSpec, Dataset
 from dgm.errors import DgmError, unknown_name
 from dgm.models.base import GenerativeModel, capabilities
 
@@ -39,12 +39,23 @@ class Result:
 
 @dataclass
 class EvalContext:
-    """What every metric gets besides the model: the data and the shared settings."""
+    """What every metric gets besides the model: the data and the shared settings.
 
-    data: Dataset
+    Samples and their features are drawn once per :func:`evaluate` call and shared by every
+    sample-quality metric (FID, KID, IS, precision/recall, memorisation, mode coverage).
+    """
+
+    data: Dataset  # the evaluation split, in the model's representation
+    train: Dataset | None = None  # the training split (probes, memorisation)
     k: int = 1000  # importance samples of IWAE bounds
     batch_size: int = 256  # examples per forward pass where k does not decide it
+    num_samples: int = 10000  # samples drawn for sample-quality metrics
+    feature_net: str | None = None  # None: the domain network for the image size, else inception
+    inception_weights: str | None = None  # the pt_inception-2015-12-05 weights file
+    kid_subset_size: int | None = None  # None: min(1000, the smaller set)
+    seed: int = 0
     progress: bool = True
+    shared: dict[str, Any] = field(default_factory=dict)  # samples and features computed once
 
     @property
     def split(self) -> str:
@@ -62,6 +73,12 @@ class EvalContext:
         for batch in iterator:
             yield batch.x
 
+    def once(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` the first time ``key`` is asked for, the stored value after."""
+        if key not in self.shared:
+            self.shared[key] = compute()
+        return self.shared[key]
+
 
 @dataclass
 class Metric:
@@ -71,32 +88,45 @@ class Metric:
     compute: Callable[[GenerativeModel, EvalContext], list[Result]]
     description: str
     default: bool = True  # part of the metrics 'dgm eval' computes when none are named
+    data: Callable[[DataSpec], str | None] | None = None  # why the data does not suit it, or None
+
+    def unsuitable(self, spec: DataSpec | None) -> str | None:
+        return self.data(spec) if self.data is not None and spec is not None else None
 
 
 METRICS: dict[str, Metric] = {}
 
 
 def metric(name: str, *, requires: Sequence[str] = (), requires_any: Sequence[str] = (),
-           description: str, default: bool = True) -> Callable:
-    """Decorator registering ``compute(model, ctx) -> list[Result]`` as metric ``name``."""
+           description: str, default: bool = True,
+           data: Callable[[DataSpec], str | None] | None = None) -> Callable:
+    """Decorator registering ``compute(model, ctx) -> list[Result]`` as metric ``name``.
+
+    Args:
+        requires: capabilities the model must have; ``requires_any``: at least one of these.
+        default: computed by ``dgm eval`` when no metrics are named.
+        data: returns why a data spec does not suit the metric (e.g. no known modes), or None.
+    """
 
     def wrap(fn: Callable[[GenerativeModel, EvalContext], list[Result]]) -> Callable:
-        METRICS[name] = Metric(name, tuple(requires), tuple(requires_any), fn, description, default)
+        METRICS[name] = Metric(name, tuple(requires), tuple(requires_any), fn, description, default, data)
         return fn
 
     return wrap
 
 
-def supported(model: GenerativeModel) -> list[str]:
-    """The registered metrics ``model`` can be evaluated with."""
+def supported(model: GenerativeModel, spec: DataSpec | None = None) -> list[str]:
+    """The registered metrics ``model`` can be evaluated with (on data like ``spec``, if given)."""
     have = capabilities(model)
     return [m.name for m in METRICS.values() if set(m.requires) <= have
-            and (not m.requires_any or have & set(m.requires_any))]
+            and (not m.requires_any or have & set(m.requires_any)) and m.unsuitable(spec) is None]
 
 
 @torch.no_grad()
 def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | None = None, *,
-             k: int = 1000, batch_size: int = 256, seed: int = 0, progress: bool = True) -> list[Result]:
+             train: Dataset | None = None, k: int = 1000, batch_size: int = 256, num_samples: int = 10000,
+             feature_net: str | None = None, inception_weights: str | None = None,
+             kid_subset_size: int | None = None, seed: int = 0, progress: bool = True) -> list[Result]:
     """Compute ``metrics`` (default: every default metric the model supports) of ``model`` on ``data``.
 
     Args:
@@ -104,8 +134,12 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
         data: an evaluation split in the model's representation (``dgm.run.load_data``).
         metrics: names from :data:`METRICS`; asking for one the model cannot give raises a
             :class:`DgmError` that lists what it can.
+        train: the training split (for representation probes and the memorisation check).
         k: importance samples of IWAE bounds.
-        seed: seeds all Monte Carlo noise, so results are reproducible.
+        num_samples: samples drawn for FID, KID, IS, precision/recall, mode coverage.
+        feature_net: ``fmnist-net``, ``digits-net`` or ``inception`` (default: by image size).
+        inception_weights: the pt_inception-2015-12-05 weights file (or $DGM_INCEPTION_WEIGHTS).
+        seed: seeds all Monte Carlo noise and sampling, so results are reproducible.
 
     Example:
         >>> results = dgm.evaluate(model, test, ["nll", "posterior_collapse"], k=1000)
@@ -114,16 +148,21 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
     if data.spec.shape != model.spec.shape:
         raise DgmError(f"the data has examples of shape {data.spec.shape}, the model expects "
                        f"{model.spec.shape}: evaluate on the data the model was trained on")
-    names = list(metrics) if metrics else [m for m in supported(model) if METRICS[m].default]
+    names = list(metrics) if metrics else [m for m in supported(model, data.spec) if METRICS[m].default]
     for name in names:
         if name not in METRICS:
             raise unknown_name("metric", name, METRICS)
+        m = METRICS[name]
         if name not in supported(model):
-            m = METRICS[name]
             needs = " and ".join(m.requires) or " or ".join(m.requires_any)
             raise DgmError(f"model {model.name!r} cannot give {name!r} ({m.description}; it needs {needs}): "
-                           f"it supports {', '.join(supported(model)) or 'no metric'}")
-    ctx = EvalContext(data.to(model.device), k=k, batch_size=batch_size, progress=progress)
+                           f"it supports {', '.join(supported(model, data.spec)) or 'no metric'}")
+        if m.unsuitable(data.spec):
+            raise DgmError(f"{name!r} does not apply to {data.spec.name!r}: {m.unsuitable(data.spec)}")
+    ctx = EvalContext(data.to(model.device), None if train is None else train.to(model.device), k=k,
+                      batch_size=batch_size, num_samples=num_samples, feature_net=feature_net,
+                      inception_weights=inception_weights, kid_subset_size=kid_subset_size, seed=seed,
+                      progress=progress)
     was_training = model.training
     model.eval()
     results: list[Result] = []

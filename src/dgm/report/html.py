@@ -114,6 +114,12 @@ def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, 
             parts += ["<h2>Latent interpolation</h2>",
                       _figure(images.grid(path, nrow=10, scale=scale),
                               "each row decodes a straight line between the codes of two test examples")]
+    for r in results:
+        if "figure" in r.get("details", {}):
+            parts += ["<h2>Nearest training neighbours</h2>",
+                      f"<figure><img src='{r['details']['figure']}'><figcaption class='caption'>top: samples; "
+                      f"bottom: their nearest training images ({html.escape(r['qualifier'])})</figcaption></figure>"]
+            break
     grids = sorted((run_dir / "samples").glob("epoch_*.png"))
     if grids:
         from PIL import Image

@@ -1,0 +1,198 @@
+"""Feature networks for sample-quality metrics, and cached reference features of data splits.
+
+Inception features of 28x28 grayscale images upsampled to 299x299 say little about clothes or
+digits, and the Inception weights cannot be downloaded at run time here. dgm therefore ships small
+domain classifiers, trained by ``benchmarks/train_feature_nets.py`` and stored inside the package
+as safetensors with a JSON card (test accuracy, training command):
+
+* ``fmnist-net`` — 28x28 grayscale, trained on Fashion-MNIST; features: 128-d penultimate layer;
+* ``digits-net`` — 8x8 grayscale, trained on scikit-learn's digits; features: 64-d.
+
+``inception`` (FID's standard Inception-v3, weights from a file the user names) serves any image
+size and RGB data. FID/KID/precision-recall use a network's penultimate features, IS its class
+posteriors. Every metric names its network: ``FID[fmnist-net, 10k vs test]``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from dgm.data.core import DataSpec
+from dgm.errors import DgmError, unknown_name
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+class Classifier(nn.Module):
+    """A small VGG-style classifier of ``(C, H, W)`` images in [0, 1]: two conv stages with max
+    pooling (one for 8x8 inputs), global average pooling, then ``features`` -> ``classes``.
+
+    ``embed(x)`` gives the penultimate ``features``-d vector (after its activation), ``forward(x)``
+    the class logits.
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], classes: int = 10, *, width: int = 32,
+                 features: int = 128) -> None:
+        super().__init__()
+        c, h, _ = in_shape
+        stages = 2 if h >= 16 else 1
+        layers: list[nn.Module] = []
+        ch_in, ch = c, width
+        for _ in range(stages):
+            layers += [nn.Conv2d(ch_in, ch, 3, padding=1), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.SiLU(),
+                       nn.MaxPool2d(2)]
+            ch_in, ch = ch, ch * 2
+        layers += [nn.Conv2d(ch_in, ch, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.embedding = nn.Sequential(nn.Dropout(0.2), nn.Linear(ch, features), nn.SiLU())
+        self.head = nn.Linear(features, classes)
+        self.in_shape = tuple(in_shape)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.embedding(self.body(x - 0.5))  # (B, features); centred input
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.embed(x))  # (B, classes)
+
+
+@dataclass
+class FeatureNetCard:
+    """What a shipped feature network is: its input, its training, its measured accuracy."""
+
+    name: str
+    in_shape: tuple[int, int, int]
+    classes: int
+    width: int
+    features: int
+    dataset: str
+    test_accuracy: float
+    command: str
+
+
+#: built-in domain networks (their weights and cards live in WEIGHTS_DIR)
+DOMAIN_NETS = {
+    "fmnist-net": dict(in_shape=(1, 28, 28), dataset="fashion-mnist", width=32, features=128),
+    "digits-net": dict(in_shape=(1, 8, 8), dataset="digits", width=32, features=64),
+}
+
+
+class FeatureExtractor:
+    """A network that maps images in [0, 1] to (features, class probabilities)."""
+
+    def __init__(self, name: str, net: nn.Module, in_shape: tuple[int, ...] | None) -> None:
+        self.name = name
+        self.net = net.eval()
+        self.in_shape = in_shape  # None: any size (the network resizes)
+
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
+        """Features ``(N, F)`` float64 and class probabilities ``(N, K)`` of images ``(N, C, H, W)`` in [0, 1]."""
+        device = next(self.net.parameters()).device
+        feats, probs = [], []
+        for lo in range(0, len(images), batch_size):
+            x = images[lo:lo + batch_size].to(device).float()
+            f, logits = self._forward(x)
+            feats.append(f.double().cpu())
+            probs.append(torch.softmax(logits.double(), -1).cpu())
+        return torch.cat(feats), torch.cat(probs)
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(self.net, Classifier):
+            f = self.net.embed(x)
+            return f, self.net.head(f)
+        out = self.net(x)  # the Inception network returns both
+        return out["pool"], out["logits_unbiased"]
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the weights, so cached reference features are never reused across networks."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.net.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes()[:4096])
+            h.update(str(tuple(v.shape)).encode())
+        return h.hexdigest()[:16]
+
+
+def check_input(name: str, in_shape: tuple[int, ...] | None, spec: DataSpec) -> None:
+    """One clear error for images a network cannot take: domain networks never resize silently."""
+    if not spec.is_image:
+        raise DgmError(f"the {name} feature network takes images, but {spec.name!r} has shape {spec.shape}")
+    if in_shape is not None and tuple(spec.shape) != tuple(in_shape):
+        c, h, w = in_shape
+        raise DgmError(f"the {name} feature network takes {c}x{h}x{w} images, not "
+                       f"{'x'.join(map(str, spec.shape))}: use --feature-net inception (resizes any image) "
+                       f"or a network for this size")
+
+
+def card(name: str) -> FeatureNetCard:
+    path = WEIGHTS_DIR / f"{name}.json"
+    if not path.exists():
+        raise DgmError(f"the {name} weights are not in this installation ({path} is missing): "
+                       f"train them with 'python benchmarks/train_feature_nets.py --nets {name}'")
+    raw = json.loads(path.read_text())
+    raw["in_shape"] = tuple(raw["in_shape"])
+    return FeatureNetCard(**raw)
+
+
+def load_domain_net(name: str, device: str | torch.device = "cpu") -> Classifier:
+    from dgm.train.checkpoint import load_state_dict_checked, load_tensors
+
+    info = card(name)
+    net = Classifier(info.in_shape, info.classes, width=info.width, features=info.features)
+    weights = WEIGHTS_DIR / f"{name}.safetensors"
+    load_state_dict_checked(net, load_tensors(weights), weights)
+    return net.to(device).eval()
+
+
+def feature_extractor(name: str | None, spec: DataSpec, *, inception_weights: str | None = None,
+                      device: str | torch.device = "cpu") -> FeatureExtractor:
+    """The feature network ``name`` (``None``: the domain network for ``spec``'s image size, else
+    Inception), checked against the data it will see."""
+    if name is None:
+        name = next((n for n, d in DOMAIN_NETS.items() if d["in_shape"] == tuple(spec.shape)), "inception")
+    if name in DOMAIN_NETS:
+        in_shape = DOMAIN_NETS[name]["in_shape"]
+        check_input(name, in_shape, spec)
+        return FeatureExtractor(name, load_domain_net(name, device), in_shape)
+    if name == "inception":
+        from dgm.eval.inception import load_inception
+
+        check_input(name, None, spec)
+        return FeatureExtractor(name, load_inception(inception_weights, device=device), None)
+    raise unknown_name("feature network", name, [*DOMAIN_NETS, "inception"])
+
+
+# --- cached reference features of data splits ------------------------------------------------------
+def cache_dir() -> Path:
+    root = os.environ.get("DGM_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "dgm" / "features"
+
+
+def cached_features(extractor: FeatureExtractor, images: Tensor, key: str) -> tuple[Tensor, Tensor]:
+    """Features and probabilities of ``images``, cached on disk under ``key`` plus the network's
+    fingerprint and a hash of the images themselves (a changed split is never served stale)."""
+    digest = hashlib.sha256(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
+    path = cache_dir() / f"{extractor.name}-{extractor.fingerprint}-{key}-{digest}.safetensors"
+    if path.exists():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            stored = load_file(str(path))
+            return stored["features"], stored["probs"]
+        except (SafetensorError, OSError, KeyError):
+            pass  # a damaged cache file is recomputed and replaced
+    features, probs = extractor(images)
+    from dgm.train.checkpoint import save_tensors
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors({"features": features, "probs": probs}, path)
+    return features, probs

@@ -1,0 +1,188 @@
+"""Sample-quality, mode-coverage, representation and memorisation metrics.
+
+Each metric asks the model only for what it needs (``sample``, ``encode``) and names its feature
+network and sample sizes in its qualifier, e.g. ``FID[fmnist-net, 10000 samples vs test n=10000]``.
+Samples, their features and the reference features of the data are computed once per
+:func:`~dgm.eval.evaluate` call (and the data's are cached on disk, see :mod:`dgm.eval.features`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dgm.data.core import DataSpec, Dataset, to_unit
+from dgm.errors import DgmError
+from dgm.eval.core import EvalContext, Result, metric
+from dgm.eval.features import FeatureExtractor, cached_features, feature_extractor
+from dgm.eval.fidelity import GaussianStats, frechet_distance, inception_score, kid, precision_recall
+from dgm.models.base import GenerativeModel
+
+SAMPLE_BATCH = 500
+
+
+# --- what the metrics share ------------------------------------------------------------------------
+def samples(model: GenerativeModel, ctx: EvalContext) -> Tensor:
+    """``ctx.num_samples`` samples of the model (seeded), in its data representation, on the CPU."""
+
+    def draw() -> Tensor:
+        generator = torch.Generator(device=model.device).manual_seed(ctx.seed)
+        out = []
+        for lo in range(0, ctx.num_samples, SAMPLE_BATCH):
+            out.append(model.sample(min(SAMPLE_BATCH, ctx.num_samples - lo), generator=generator).cpu())
+        return torch.cat(out)
+
+    return ctx.once("samples", draw)
+
+
+def extractor(model: GenerativeModel, ctx: EvalContext) -> FeatureExtractor:
+    return ctx.once("extractor", lambda: feature_extractor(ctx.feature_net, model.spec,
+                                                           inception_weights=ctx.inception_weights,
+                                                           device=model.device))
+
+
+def split_images(data: Dataset) -> Tensor:
+    """A whole split as [0, 1] images in the model's representation (binarized data stays binary)."""
+    return to_unit(data.tensors().x, data.spec).cpu()
+
+
+def real_features(model: GenerativeModel, ctx: EvalContext, split: str = "test") -> tuple[Tensor, Tensor]:
+    data = ctx.data if split == "test" else require_train(ctx)
+    key = f"{data.spec.name.replace('/', '_').replace(':', '_')}-{'train' if data.train else 'test'}-" \
+          f"{data.spec.representation}"
+    return ctx.once(f"real-{split}", lambda: cached_features(extractor(model, ctx), split_images(data), key))
+
+
+def sample_features(model: GenerativeModel, ctx: EvalContext) -> tuple[Tensor, Tensor]:
+    return ctx.once("fake", lambda: extractor(model, ctx)(to_unit(samples(model, ctx), model.spec)))
+
+
+def require_train(ctx: EvalContext) -> Dataset:
+    if ctx.train is None:
+        raise DgmError("this metric needs the training split: pass train= to dgm.evaluate (dgm eval does)")
+    return ctx.train
+
+
+def needs_images(spec: DataSpec) -> str | None:
+    return None if spec.is_image else "sample-quality metrics need image data (for 2-D toys use mode_coverage)"
+
+
+def needs_labels(spec: DataSpec) -> str | None:
+    return None if spec.num_classes else f"{spec.name!r} has no labels to probe"
+
+
+def needs_modes(spec: DataSpec) -> str | None:
+    return None if "modes" in spec.extras else "mode coverage needs a 2-D mixture with known modes (ring8, grid25)"
+
+
+def versus(model: GenerativeModel, ctx: EvalContext) -> str:
+    return f"{extractor(model, ctx).name}, {ctx.num_samples} samples vs {ctx.split}"
+
+
+# --- metrics ------------------------------------------------------------------------------------
+@metric("fid", requires=("sample",), data=needs_images,
+        description="Frechet distance of feature Gaussians, samples vs the evaluation split (Heusel et al. 2017)")
+def fid(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    real, _ = real_features(model, ctx)
+    fake, _ = sample_features(model, ctx)
+    value = frechet_distance(GaussianStats.from_features(fake), GaussianStats.from_features(real))
+    return [Result("fid", value, "", f"FID[{versus(model, ctx)}]", ctx.split)]
+
+
+@metric("kid", requires=("sample",), data=needs_images,
+        description="kernel inception distance, unbiased MMD^2 with a cubic kernel (Binkowski et al. 2018)")
+def kernel_inception_distance(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    real, _ = real_features(model, ctx)
+    fake, _ = sample_features(model, ctx)
+    size = ctx.kid_subset_size or min(1000, len(real), len(fake))
+    mean, std = kid(fake, real, subsets=100, subset_size=size, seed=ctx.seed)
+    return [Result("kid", mean, "", f"KID[{versus(model, ctx)}, 100 subsets of {size}]", ctx.split, {"std": std})]
+
+
+@metric("is", requires=("sample",), data=needs_images,
+        description="inception score exp(E KL(p(y|x) || p(y))), 10 splits (Salimans et al. 2016)")
+def inception_score_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    _, probs = sample_features(model, ctx)
+    mean, std = inception_score(probs, splits=10)
+    name = extractor(model, ctx).name
+    classes = probs.shape[1]
+    return [Result("is", mean, "", f"IS[{name}, {ctx.num_samples} samples, 10 splits; max {classes}]", ctx.split,
+                   {"std": std})]
+
+
+@metric("precision_recall", requires=("sample",), data=needs_images,
+        description="improved precision and recall, k=3 (Kynkaanniemi et al. 2019)")
+def precision_and_recall(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    real, _ = real_features(model, ctx)
+    fake, _ = sample_features(model, ctx)
+    precision, recall = precision_recall(real, fake, k=3)
+    what = f"PR[{versus(model, ctx)}, k=3]"
+    return [Result("precision", precision, "", what, ctx.split), Result("recall", recall, "", what, ctx.split)]
+
+
+@metric("mode_coverage", requires=("sample",), data=needs_modes,
+        description="modes captured, % high-quality samples, reverse KL to uniform (VEEGAN / PacGAN protocol)")
+def mode_coverage_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    from dgm.eval.toys import mode_coverage
+
+    extras = model.spec.extras
+    n = min(ctx.num_samples, 2500)  # the protocol's 2500 samples
+    out = mode_coverage(samples(model, ctx)[:n], torch.tensor(extras["modes"]), extras["mode_std"])
+    what = f"{n} samples, within 3 sd = {3 * extras['mode_std']}"
+    modes = len(extras["modes"])
+    return [Result("modes_captured", out["modes_captured"], "modes", f"of {modes}; {what}", ctx.split,
+                   {"counts": out["counts"]}),
+            Result("high_quality", 100 * out["high_quality"], "%", what, ctx.split),
+            Result("reverse_kl", out["reverse_kl"], "nats", f"KL(sample mode histogram || uniform); {what}", ctx.split)]
+
+
+def latent_means(model: GenerativeModel, data: Dataset, limit: int = 20000) -> tuple[Tensor, Tensor]:
+    data = data.subset(min(limit, len(data)))
+    batch = data.tensors()
+    codes = torch.cat([model.encode(batch.x[i:i + 500]).flatten(1).double().cpu() for i in range(0, len(data), 500)])
+    return codes, batch.y.cpu()
+
+
+@metric("linear_probe", requires=("encode",), data=needs_labels,
+        description="test accuracy of logistic regression on the latent means (representation quality)")
+def linear_probe_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    from dgm.eval.probes import linear_probe
+
+    train_z, train_y = ctx.once("codes-train", lambda: latent_means(model, require_train(ctx)))
+    test_z, test_y = ctx.once("codes-test", lambda: latent_means(model, ctx.data))
+    accuracy = linear_probe(train_z, train_y, test_z, test_y, seed=ctx.seed)
+    return [Result("linear_probe", 100 * accuracy, "%", f"logistic regression on E[z|x], {len(train_z)} train codes",
+                   ctx.split)]
+
+
+@metric("knn", requires=("encode",), data=needs_labels,
+        description="test accuracy of 5-nearest-neighbours on the latent means")
+def knn_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    from dgm.eval.probes import knn_accuracy
+
+    train_z, train_y = ctx.once("codes-train", lambda: latent_means(model, require_train(ctx)))
+    test_z, test_y = ctx.once("codes-test", lambda: latent_means(model, ctx.data))
+    accuracy = knn_accuracy(train_z, train_y, test_z, test_y, k=5)
+    return [Result("knn", 100 * accuracy, "%", f"5-NN on E[z|x], {len(train_z)} train codes", ctx.split)]
+
+
+@metric("memorization", requires=("sample",), data=needs_images, default=False,
+        description="nearest-training-neighbour distances of samples vs of test examples, in feature space")
+def memorization(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    from dgm.eval.memorization import memorization_summary, nearest_neighbours
+    from dgm.report.images import data_uri, grid
+
+    train, test = real_features(model, ctx, "train")[0], real_features(model, ctx)[0]
+    fake, _ = sample_features(model, ctx)
+    summary = memorization_summary(fake, train, test)
+    # a picture for the report: 16 samples (top) above their nearest training images (bottom)
+    _, index = nearest_neighbours(fake[:16], train)
+    pairs = torch.cat([to_unit(samples(model, ctx)[:16], model.spec),
+                       split_images(require_train(ctx))[index]])
+    scale = max(1, 64 // model.spec.shape[-1])
+    figure = data_uri(grid(pairs, nrow=16, scale=scale))
+    what = f"{extractor(model, ctx).name} features, {len(fake)} samples / {len(test)} test vs {len(train)} train"
+    return [Result("nn_distance_ratio", summary["median_ratio"], "",
+                   f"median NN distance to train, samples / test; {what}", ctx.split,
+                   {**summary, "figure": figure}),
+            Result("copy_fraction", 100 * summary["copy_fraction"], "%",
+                   f"samples closer to train than 99% of test examples are; {what}", ctx.split)]
