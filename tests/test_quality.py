@@ -16,57 +16,55 @@ from dgm.eval.features import card, feature_extractor, load_domain_net
 from dgm.models.base import GenerativeModel
 
 
-class Replay(GenerativeModel):
+class Fixed(GenerativeModel):
+    """A model with nothing to learn (one dummy parameter, so it has a device)."""
+
+    def __init__(self, spec: DataSpec) -> None:
+        super().__init__(None, spec)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+
+class Replay(Fixed):
     """'Samples' are the examples of a fixed dataset, in order (a perfect model of that set)."""
 
     name = "replay"
 
     def __init__(self, data: Dataset) -> None:
-        super().__init__(None, data.spec)
+        super().__init__(data.spec)
         self.examples = data.tensors().x
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
 
     def sample(self, n, condition=None, *, generator=None):
         index = torch.arange(n) % len(self.examples)
         return self.examples[index]
 
 
-class Mixture(GenerativeModel):
+class Mixture(Fixed):
     """Samples the toy's true Gaussian mixture."""
 
     name = "mixture"
 
     def __init__(self, spec: DataSpec) -> None:
-        super().__init__(None, spec)
+        super().__init__(spec)
         self.modes = torch.tensor(spec.extras["modes"])
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
 
     def sample(self, n, condition=None, *, generator=None):
         which = torch.randint(len(self.modes), (n,), generator=generator)
         return self.modes[which] + self.spec.extras["mode_std"] * torch.randn(n, 2, generator=generator)
 
 
-class Uniform(GenerativeModel):
+class Uniform(Fixed):
     """p(x) = 256^-D over 8-bit images: exactly 8 bits per dimension."""
 
     name = "uniform"
-
-    def __init__(self, spec: DataSpec) -> None:
-        super().__init__(None, spec)
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
 
     def log_prob(self, x):
         return torch.full((len(x),), -self.spec.dim * math.log(256), dtype=torch.float64)
 
 
-class Identity(GenerativeModel):
+class Identity(Fixed):
     """encode(x) = the pixels."""
 
     name = "identity"
-
-    def __init__(self, spec: DataSpec) -> None:
-        super().__init__(None, spec)
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
 
     def encode(self, x):
         return x.flatten(1).float()
