@@ -24,7 +24,7 @@ from dgm.eval.features import DOMAIN_NETS, WEIGHTS_DIR, Classifier, FeatureNetCa
 from dgm.train.checkpoint import save_tensors
 
 SETTINGS = {  # name: (epochs, batch size, learning rate, max shift of the augmentation in pixels)
-    "fmnist-net": (8, 128, 2e-3, 2),
+    "fmnist-net": (20, 128, 2e-3, 1),
     "digits-net": (150, 64, 2e-3, 1),
 }
 

@@ -199,7 +199,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train a VAE on the bundled digits, sample, evaluate (IWAE k=1000), write the report."""
+    """Train a VAE on the bundled digits, sample, evaluate (IWAE k=1000, FID/KID/PR with digits-net,
+    probes), write the report."""
     from dgm import run
     from dgm.eval import evaluate, results_table
     from dgm.report import write_report
@@ -217,7 +218,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model, out = run.train(config, out)
     print(f"trained {config.train.epochs} epochs in {time.perf_counter() - start:.1f} s")
     test = run.load_data(config, "test")
-    results = evaluate(model, test, ["nll", "elbo", "posterior_collapse"], k=1000, progress=not args.quiet)
+    results = evaluate(model, test, ["nll", "elbo", "posterior_collapse", "fid", "kid", "precision_recall",
+                                     "linear_probe", "knn"], train=run.load_data(config, "train"), k=1000,
+                       progress=not args.quiet)
     save_json([r.to_json() for r in results], out / "eval.json")
     print(results_table(results))
     report = write_report(out, model, test)
