@@ -48,6 +48,9 @@ def test_sample_eval_and_report(run_dir, tmp_path, capsys):
     nll = [r for r in results if r["metric"] == "nll" and r["unit"] == "nats"][0]
     assert 0 < nll["value"] < 64 * np.log(2) + 1e-9  # binarized 8x8: below the uniform model's 64 bits
     assert nll["split"] == "test, n=360"
+    assert main(["eval", str(run_dir), "--metrics", "elbo", "--quiet"]) == 0  # a later evaluation adds to eval.json
+    merged = {r["metric"] for r in json.loads((run_dir / "eval.json").read_text())}
+    assert {"nll", "active_units", "neg_elbo"} <= merged
     html = (run_dir / "report.html").read_text()
     for section in ["Metrics", "Training curves", "Samples", "Reconstructions", "Latent interpolation",
                     "Configuration"]:

@@ -136,7 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dgm import run
     from dgm.eval import evaluate, results_table
     from dgm.report import write_report
-    from dgm.train.checkpoint import save_json
+    from dgm.train.checkpoint import load_json, save_json
 
     model = run.load(args.run)
     config, _ = run.read_config(args.run)
@@ -150,7 +150,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        progress=not args.quiet)
     print(results_table(results))
     payload = [r.to_json() for r in results]
-    save_json(payload, Path(args.run) / "eval.json")
+    # eval.json keeps the run's earlier results of other metrics: one file, the union of evaluations
+    previous = Path(args.run) / "eval.json"
+    fresh = {r.metric for r in results}
+    kept = [r for r in load_json(previous) if r.get("metric") not in fresh] if previous.exists() else []
+    save_json(kept + payload, previous)
     if args.json:
         save_json(payload, Path(args.json))
     write_report(args.run, model, run.load_data(config, "test"))
