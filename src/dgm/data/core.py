@@ -34,7 +34,6 @@ Representation = Literal[
     "levels", "unit", "signed", "binary-dynamic", "binary-static", "dequantized", "continuous"
 ]
 REPRESENTATIONS: tuple[str, ...] = get_args(Representation)
-DISCRETE_REPRESENTATIONS = ("levels", "unit", "signed", "binary-dynamic", "binary-static")
 BINARY_REPRESENTATIONS = ("binary-dynamic", "binary-static")
 
 #: seed of the one fixed Bernoulli draw behind ``binary-static`` and evaluation splits

@@ -17,8 +17,9 @@ It declares
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -174,13 +175,6 @@ def capabilities(model: GenerativeModel | type[GenerativeModel]) -> set[str]:
     return have
 
 
-def require(model: GenerativeModel, capability: str, what: str) -> None:
-    """Raise a clear error when ``model`` lacks ``capability`` (e.g. a GAN asked for a likelihood)."""
-    if capability not in capabilities(model):
-        raise DgmError(f"model {model.name!r} has no {capability.replace('_', ' ')}, so it cannot give "
-                       f"{what}: choose metrics from what it supports ({', '.join(sorted(capabilities(model)))})")
-
-
 # --- registry -------------------------------------------------------------------------------------
 MODELS: dict[str, type[GenerativeModel]] = {}
 
@@ -230,7 +224,7 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
     anything else passes through. Errors name the key and what it accepts.
     """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+    if origin is typing.Union or origin is types.UnionType:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None
@@ -282,12 +276,3 @@ def iter_models() -> Iterator[type[GenerativeModel]]:
     import dgm.models  # noqa: F401
 
     yield from (MODELS[k] for k in sorted(MODELS))
-
-
-def parameters_of(*modules: nn.Module | Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    """The parameters of several modules, for a :class:`Phase`."""
-    out: list[nn.Parameter] = []
-    for m in modules:
-        out.extend(m.parameters() if isinstance(m, nn.Module) else m)
-    return out
-
