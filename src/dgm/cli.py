@@ -156,7 +156,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     save_json(kept + payload, previous)
     if args.json:
         save_json(payload, Path(args.json))
-    write_report(args.run, model, run.load_data(config, "test"))
+    test = data if args.split == "test" and not args.max_examples else run.load_data(config, "test")
+    write_report(args.run, model, test)
     return 0
 
 

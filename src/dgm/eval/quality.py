@@ -40,16 +40,19 @@ def extractor(model: GenerativeModel, ctx: EvalContext) -> FeatureExtractor:
                                                            device=model.device))
 
 
-def split_images(data: Dataset) -> Tensor:
-    """A whole split as [0, 1] images in the model's representation (binarized data stays binary)."""
-    return to_unit(data.tensors().x, data.spec).cpu()
+def split_images(ctx: EvalContext, split: str) -> Tensor:
+    """A whole split as [0, 1] images in the model's representation (binarized data stays binary),
+    made once per evaluation (the memorisation grid reuses the training images)."""
+    data = ctx.data if split == "test" else require_train(ctx)
+    return ctx.once(f"images-{split}", lambda: to_unit(data.tensors().x, data.spec).cpu())
 
 
 def real_features(model: GenerativeModel, ctx: EvalContext, split: str = "test") -> tuple[Tensor, Tensor]:
     data = ctx.data if split == "test" else require_train(ctx)
     key = f"{data.spec.name.replace('/', '_').replace(':', '_')}-{'train' if data.train else 'test'}-" \
           f"{data.spec.representation}"
-    return ctx.once(f"real-{split}", lambda: cached_features(extractor(model, ctx), split_images(data), key))
+    return ctx.once(f"real-{split}",
+                    lambda: cached_features(extractor(model, ctx), split_images(ctx, split), key))
 
 
 def sample_features(model: GenerativeModel, ctx: EvalContext) -> tuple[Tensor, Tensor]:
@@ -177,7 +180,7 @@ def memorization(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     # a picture for the report: 16 samples (top) above their nearest training images (bottom)
     _, index = nearest_neighbours(fake[:16], train)
     pairs = torch.cat([to_unit(samples(model, ctx)[:16], model.spec),
-                       split_images(require_train(ctx))[index]])
+                       split_images(ctx, "train")[index]])
     scale = max(1, 64 // model.spec.shape[-1])
     figure = data_uri(grid(pairs, nrow=16, scale=scale))
     what = f"{extractor(model, ctx).name} features, {len(fake)} samples / {len(test)} test vs {len(train)} train"
