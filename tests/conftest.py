@@ -8,15 +8,17 @@ from dgm.data.core import Dataset, DataSpec
 
 
 def image_dataset(n: int = 256, size: int = 8, levels: int = 17, representation: str = "unit",
-                  seed: int = 0, train: bool = True) -> Dataset:
-    """Blurry random blobs on ``size x size`` images of ``levels`` levels (structured, so a VAE learns)."""
+                  seed: int = 0, train: bool = True, labels: bool = False) -> Dataset:
+    """Blurry random blobs on ``size x size`` images of ``levels`` levels (structured, so a VAE learns);
+    with ``labels``, each blob is labelled by the quadrant of its centre (4 classes)."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.randint(1, size - 1, (n, 2), generator=g).float()
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
     d2 = (yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2
     raw = ((levels - 1) * torch.exp(-d2 / 4)).round().to(torch.uint8).unsqueeze(1)
-    spec = DataSpec("blobs", (1, size, size), representation, levels=levels, num_classes=None)
-    return Dataset(raw, None, spec, train=train)
+    quadrant = (2 * (centres[:, 0] >= size / 2) + (centres[:, 1] >= size / 2)).long() if labels else None
+    spec = DataSpec("blobs", (1, size, size), representation, levels=levels, num_classes=4 if labels else None)
+    return Dataset(raw, quadrant, spec, train=train)
 
 
 def vector_dataset(n: int = 512, dim: int = 2, seed: int = 0, train: bool = True) -> Dataset:

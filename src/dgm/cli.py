@@ -115,8 +115,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     model = run.load(args.run)
     generator = torch.Generator().manual_seed(args.seed)
+    condition = None if args.class_ is None else torch.tensor(args.class_)
     with torch.no_grad():
-        x = model.sample(args.n, generator=generator)
+        x = model.sample(args.n, condition, generator=generator)
     out = Path(args.output)
     if out.suffix == ".npz":
         import numpy as np
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64)
     p.add_argument("-o", "--output", default="samples.png", help=".png grid or .npz array")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class", dest="class_", type=int, help="class label, for class-conditional models")
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("eval", help="evaluate a trained run")

@@ -136,11 +136,20 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[
             raise DgmError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
     ckpt.save_json(config.to_json(data.spec), out / ckpt.CONFIG)
-    trainer = Trainer(model, data, config.train, run_dir=out)
+    trainer = Trainer(model, data, config.train, run_dir=out, callbacks=monitors(model, data))
     trainer.fit(resume=resume)
     if trainer.ema is not None:
         model.load_state_dict(trainer.ema.shadow)
     return model.eval(), out
+
+
+def monitors(model: GenerativeModel, data: Dataset) -> list[Any]:
+    """Diagnostics the data calls for, logged during training (a model adds its own through
+    ``model.callbacks()``): mode coverage on mixtures with known modes."""
+    from dgm.eval.toys import ModeCoverageMonitor
+    from dgm.models.base import capabilities
+
+    return [ModeCoverageMonitor()] if "modes" in data.spec.extras and "sample" in capabilities(model) else []
 
 
 def read_config(run_dir: str | Path) -> tuple[RunConfig, DataSpec]:

@@ -96,6 +96,9 @@ class Metric:
 
 METRICS: dict[str, Metric] = {}
 
+#: the capabilities that make a likelihood (exact or a bound)
+LIKELIHOOD_CAPABILITIES = {"log_prob", "elbo", "iwae_bound"}
+
 
 def metric(name: str, *, requires: Sequence[str] = (), requires_any: Sequence[str] = (),
            description: str, default: bool = True,
@@ -153,6 +156,11 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
         if name not in METRICS:
             raise unknown_name("metric", name, METRICS)
         m = METRICS[name]
+        if name not in supported(model) and set(m.requires_any or m.requires) <= LIKELIHOOD_CAPABILITIES \
+                and not capabilities(model) & LIKELIHOOD_CAPABILITIES:
+            raise DgmError(f"model {model.name!r} has no likelihood: it is an implicit model that can sample but "
+                           f"defines no density, so it cannot give {name!r}; evaluate it with "
+                           f"{', '.join(supported(model, data.spec)) or 'sample-based metrics'}")
         if name not in supported(model):
             needs = " and ".join(m.requires) or " or ".join(m.requires_any)
             raise DgmError(f"model {model.name!r} cannot give {name!r} ({m.description}; it needs {needs}): "

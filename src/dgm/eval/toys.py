@@ -75,3 +75,26 @@ def mode_coverage(samples: ArrayLike, modes: ArrayLike, std: float) -> dict[str,
         "reverse_kl": reverse_kl,
         "counts": counts.tolist(),
     }
+
+
+class ModeCoverageMonitor:
+    """Trainer callback: mode coverage of 2500 samples (the protocol's number) every ``every``
+    epochs, logged as ``modes/captured``, ``modes/high_quality`` (%) and ``modes/reverse_kl``."""
+
+    def __init__(self, *, every: int = 1, num_samples: int = 2500, seed: int = 0) -> None:
+        self.every, self.num_samples, self.seed = every, num_samples, seed
+
+    def on_epoch_end(self, trainer: Any, epoch: int) -> dict[str, float] | None:
+        if (epoch + 1) % self.every:
+            return None
+        extras = trainer.data.spec.extras
+        generator = torch.Generator(device=trainer.device).manual_seed(self.seed)
+        rng = torch.get_rng_state()  # sampling must not disturb the training noise stream
+        with torch.no_grad(), trainer.evaluation_weights() as model:
+            model.eval()
+            x = model.sample(self.num_samples, generator=generator)
+            model.train()
+        torch.set_rng_state(rng)
+        out = mode_coverage(x.float(), torch.tensor(extras["modes"]), extras["mode_std"])
+        return {"modes/captured": out["modes_captured"], "modes/high_quality": 100 * out["high_quality"],
+                "modes/reverse_kl": out["reverse_kl"]}

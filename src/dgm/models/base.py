@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -43,6 +43,8 @@ class Phase:
         betas: Adam betas; ``None`` takes the trainer's.
         epochs: ``(first, last)`` epochs, 0-based and inclusive, in which the phase is active;
             ``None`` for always. Multi-stage models (a VQ-VAE, then its prior) use this.
+        after_step: called after each optimiser step of this phase, e.g. a projection of the
+            parameters back onto a constraint set (WGAN's weight clipping).
     """
 
     name: str
@@ -51,6 +53,7 @@ class Phase:
     lr: float | None = None
     betas: tuple[float, float] | None = None
     epochs: tuple[int, int] | None = None
+    after_step: Callable[[], None] | None = None
 
     def active(self, epoch: int) -> bool:
         return self.epochs is None or self.epochs[0] <= epoch <= self.epochs[1]
@@ -107,6 +110,11 @@ class GenerativeModel(nn.Module):
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         raise NotImplementedError
 
+    def callbacks(self) -> list[Any]:
+        """Training callbacks the model brings along (objects with ``on_epoch_end(trainer, epoch)``
+        returning metrics to log), e.g. a GAN's duality-gap monitor; none by default."""
+        return []
+
     # -- generation ------------------------------------------------------------------------------
     def sample(self, n: int, condition: Tensor | None = None, *,
                generator: torch.Generator | None = None) -> Tensor:
@@ -141,6 +149,11 @@ class GenerativeModel(nn.Module):
 
     def reconstruct(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
+
+    def report_figures(self, *, generator: torch.Generator | None = None) -> list[tuple[str, Tensor, int]]:
+        """Pictures only this model can draw, for the report: ``(title, images (N, *shape) in the
+        data representation, images per row)`` each, e.g. InfoGAN's latent traversals."""
+        return []
 
     @property
     def likelihood_kind(self) -> str:

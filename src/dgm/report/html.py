@@ -27,9 +27,16 @@ img { image-rendering: pixelated; max-width: 100%; } pre { background: #f6f6f6; 
 """
 
 
-def loss_curves(rows: list[dict[str, float]]):  # noqa: ANN201 (PIL image or None)
-    """One panel per logged quantity against the optimiser step."""
-    names = sorted({k for r in rows for k in r if k not in ("step", "epoch", "lr")}, key=lambda k: (k != "loss", k))
+#: prefixes of the diagnostics logged by monitors (duality gaps, mode coverage), plotted per epoch
+DIAGNOSTICS = ("dg/", "modes/")
+
+
+def loss_curves(rows: list[dict[str, float]], *, diagnostics: bool = False,
+                x: str = "step"):  # noqa: ANN201 (PIL image or None)
+    """One panel per logged quantity against ``x``: the training losses, or (``diagnostics``) the
+    quantities logged by monitors."""
+    names = sorted({k for r in rows for k in r if k not in ("step", "epoch", "lr")
+                    and k.startswith(DIAGNOSTICS) == diagnostics}, key=lambda k: (k != "loss", k))
     if not names:
         return None
     import matplotlib
@@ -41,10 +48,10 @@ def loss_curves(rows: list[dict[str, float]]):  # noqa: ANN201 (PIL image or Non
     nrows = -(-len(names) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.8 * nrows), dpi=80, squeeze=False)
     for ax, name in zip(axes.flat, names):
-        points = [(r["step"], r[name]) for r in rows if name in r]
-        ax.plot([p[0] for p in points], [p[1] for p in points], lw=1.2)
+        points = [(r[x], r[name]) for r in rows if name in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], lw=1.2, marker="." if diagnostics else None)
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel(x, fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
@@ -93,9 +100,16 @@ def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, 
         rows = [[r["metric"], f"{r['value']:.4f}", r["unit"], r["qualifier"], r["split"]] for r in results]
         parts += ["<h2>Metrics</h2>", _table(rows, ["metric", "value", "unit", "qualifier", "split"], {1})]
 
-    curves = loss_curves(read_csv(run_dir / "metrics.csv"))
+    logged = read_csv(run_dir / "metrics.csv")
+    curves = loss_curves(logged)
     if curves is not None:
         parts += ["<h2>Training curves</h2>", _figure(curves, "logged every train.log_every steps (averages)")]
+    diagnostics = loss_curves(logged, diagnostics=True, x="epoch")
+    if diagnostics is not None:
+        parts += ["<h2>Convergence diagnostics</h2>",
+                  _figure(diagnostics, "estimated at the end of epochs during training: dg/plain and dg/proximal are "
+                          "the duality gap and the proximal duality gap (0 at an equilibrium); modes/ is mode "
+                          "coverage of 2500 samples")]
 
     generator = torch.Generator(device=model.device).manual_seed(seed)
     if "sample" in have:
@@ -114,6 +128,10 @@ def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, 
             parts += ["<h2>Latent interpolation</h2>",
                       _figure(images.grid(path, nrow=10, scale=scale),
                               "each row decodes a straight line between the codes of two test examples")]
+        for title, images_, columns in model.report_figures(generator=generator):
+            parts += [f"<h2>{html.escape(title)}</h2>",
+                      _figure(images.grid(to_unit(images_, spec), nrow=columns, scale=scale),
+                              "each row keeps the other latent variables fixed")]
     for r in results:
         if "figure" in r.get("details", {}):
             parts += ["<h2>Nearest training neighbours</h2>",

@@ -112,7 +112,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.callbacks = list(callbacks)
+        self.callbacks = list(callbacks) + list(model.callbacks())
         if len(self.data) < config.batch_size:
             raise DgmError(f"the training split has {len(self.data)} examples, fewer than one batch of "
                            f"{config.batch_size}: lower --batch-size")
@@ -237,6 +237,8 @@ class Trainer:
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(phase.parameters, self.config.grad_clip)
         optimizer.step()
+        if phase.after_step is not None:
+            phase.after_step()
         if self.ema is not None:
             self.ema.update(self.model)
 

@@ -1,0 +1,113 @@
+"""Networks of the adversarial family: DCGAN generator and discriminator, MLP critics, spectral
+normalisation and PacGAN packing. Shapes in, shapes out, no probability.
+
+Radford, Metz & Chintala 2016, "Unsupervised Representation Learning with Deep Convolutional
+Generative Adversarial Networks" (DCGAN), arXiv:1511.06434: strided (transposed) convolutions
+instead of pooling, batch normalisation and ReLU in the generator, LeakyReLU(0.2) in the
+discriminator. The discriminator here has no batch normalisation, so that the same network serves
+the gradient penalty (WGAN-GP penalises per-example gradients, which batch norm couples) and
+spectral normalisation (Miyato et al. 2018 use none either).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor, nn
+
+from dgm.nn.blocks import MLP, conv_downsamplings
+
+#: the discriminators' activation (DCGAN sec. 3)
+LeakyReLU = functools.partial(nn.LeakyReLU, 0.2)
+
+
+class DCGANGenerator(nn.Module):
+    """Vector to image: a linear layer to ``(width * 2^n, H / 2^n, W / 2^n)``, then per upsampling a
+    ``ConvTranspose2d(4, stride 2)`` that halves the channels, each followed by batch norm and ReLU,
+    then a 3x3 convolution to ``C`` channels (no output non-linearity: the model applies tanh).
+
+    ``n`` = 2 for 28x28 and 32x32 (7 -> 14 -> 28, 8 -> 16 -> 32), 1 for 8x8.
+    Input ``(B, in_features)``, output ``(B, C, H, W)``.
+    """
+
+    def __init__(self, in_features: int, out_shape: tuple[int, int, int], *, width: int = 64) -> None:
+        super().__init__()
+        c, h, w = out_shape
+        n = conv_downsamplings(h, w)
+        ch = width * 2 ** n
+        self.project = nn.Sequential(nn.Linear(in_features, ch * (h >> n) * (w >> n)),
+                                     nn.Unflatten(1, (ch, h >> n, w >> n)), nn.BatchNorm2d(ch), nn.ReLU())
+        layers: list[nn.Module] = []
+        for _ in range(n):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1), nn.BatchNorm2d(ch // 2), nn.ReLU()]
+            ch //= 2
+        layers.append(nn.Conv2d(ch, c, 3, padding=1))
+        self.upsample = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.upsample(self.project(z))  # (B, C, H, W)
+
+
+class DCGANDiscriminator(nn.Module):
+    """Image to feature vector: per downsampling a ``Conv2d(4, stride 2)`` that doubles the
+    channels (``width`` after the first) with LeakyReLU(0.2), then a flatten. A score head (or a
+    projection, an auxiliary classifier, InfoGAN's Q) is put on the features by the model.
+
+    Input ``(B, C, H, W)``, output ``(B, out_features)`` with ``out_features = width * 2^(n-1) *
+    H / 2^n * W / 2^n``.
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], *, width: int = 64) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        n = conv_downsamplings(h, w)
+        layers: list[nn.Module] = []
+        ch_in, ch = c, width
+        for _ in range(n):
+            layers += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1), LeakyReLU()]
+            ch_in, ch = ch, 2 * ch
+        layers.append(nn.Flatten())
+        self.net = nn.Sequential(*layers)
+        self.out_features = ch_in * (h >> n) * (w >> n)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)  # (B, out_features)
+
+
+class MLPFeatures(nn.Sequential):
+    """Vector (or any tensor, flattened) to features: an :class:`MLP` with LeakyReLU(0.2) after
+    every layer, the last included. ``(B, *shape)`` to ``(B, hidden[-1])``."""
+
+    def __init__(self, in_features: int, hidden: tuple[int, ...]) -> None:
+        super().__init__(nn.Flatten(), MLP(in_features, hidden[:-1], hidden[-1], activation=LeakyReLU), LeakyReLU())
+        self.out_features = hidden[-1]
+
+
+def spectral_normalize(module: nn.Module) -> nn.Module:
+    """Put spectral normalisation (Miyato et al. 2018, arXiv:1802.05957) on every linear, conv and
+    embedding layer of ``module``, in place: ``W / sigma(W)`` with ``sigma`` the top singular value,
+    estimated by one power iteration per training forward pass. Returns ``module``."""
+    for layer in list(module.modules()):  # the module itself included
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)) \
+                and not nn.utils.parametrize.is_parametrized(layer):
+            nn.utils.parametrizations.spectral_norm(layer)  # registers the parametrization in place
+    return module
+
+
+def pack(x: Tensor, m: int) -> Tensor:
+    """PacGAN packing (Lin et al. 2018, arXiv:1712.04086): ``m`` consecutive examples become one,
+    stacked along the first feature axis (channels of an image, coordinates of a vector).
+
+    ``(B, C, ...)`` to ``(B / m, m * C, ...)``; ``B`` must be a multiple of ``m``.
+    """
+    if m == 1:
+        return x
+    if len(x) % m:
+        raise ValueError(f"a batch of {len(x)} cannot be packed in groups of {m}")
+    return x.reshape(len(x) // m, m * x.shape[1], *x.shape[2:])
+
+
+def top_singular_value(weight: Tensor) -> float:
+    """The largest singular value of a weight, as a matrix ``(out, in * kernel)`` (for tests and
+    diagnostics of spectral normalisation)."""
+    return float(torch.linalg.matrix_norm(weight.detach().flatten(1).double(), ord=2))
