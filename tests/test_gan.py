@@ -72,6 +72,18 @@ def test_spectral_norm_brings_the_top_singular_value_to_one():
     assert top_singular_value(plain.critic_head.weight) != pytest.approx(1.0, abs=0.02)
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])
+def test_dcgan_networks_for_each_image_size(shape):
+    from dgm.data.core import DataSpec
+
+    spec = DataSpec("images", shape, "signed", levels=256)
+    gan = create("pacgan", spec, width=8).eval()
+    x = gan.sample(4, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4, *shape) and x.abs().max() <= 1  # tanh output in the signed representation
+    scores, _ = gan.critic((x,))
+    assert scores.shape == (2,)  # packs of 2
+
+
 def test_packing_shapes_and_order():
     x = torch.arange(8 * 1 * 2 * 2).float().view(8, 1, 2, 2)
     packed = pack(x, 2)
@@ -274,7 +286,8 @@ def test_gan_captures_every_mode_of_ring8():
 
     from dgm.train.trainer import Trainer
 
-    config = dgm.RunConfig("gan", {}, dgm.DataConfig("ring8"), dgm.TrainConfig(epochs=100, progress=False, device="cpu"))
+    config = dgm.RunConfig("gan", {}, dgm.DataConfig("ring8"),
+                           dgm.TrainConfig(epochs=100, batch_size=256, schedule="cosine", progress=False, device="cpu"))
     data = dgm.run.load_data(config, "train")
     model = dgm.run.build_model(config, data.spec)
     Trainer(model, data, config.train).fit()
