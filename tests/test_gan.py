@@ -225,6 +225,15 @@ def test_bad_settings_are_clear_errors():
         create("infogan", spec, categorical_codes=0, continuous_codes=0)
     with pytest.raises(DgmError, match="unknown value for model.loss"):
         create("gan", spec, loss="wasserstien")
+    with pytest.raises(DgmError, match="integer levels"):
+        create("gan", image_dataset(n=8, representation="levels").spec)
+
+
+def test_samples_lie_in_the_range_of_the_representation():
+    for representation, low, high in (("signed", -1, 1), ("unit", 0, 1), ("binary-dynamic", 0, 1)):
+        gan = create("gan", image_dataset(n=8, representation=representation).spec, width=4).eval()
+        x = gan.sample(16, generator=torch.Generator().manual_seed(0))
+        assert low <= x.min() and x.max() <= high and x.min() < (low + high) / 2 < x.max()
 
 
 # --- through the trainer, the report and the CLI -----------------------------------------------------

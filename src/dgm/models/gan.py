@@ -149,7 +149,6 @@ class GAN(GenerativeModel):
         super().__init__(config, spec)
         c = config
         self._check(c, spec)
-        self.image = spec.is_image
         network = c.network if c.network != "auto" else ("dcgan" if spec.is_image else "mlp")
         if network == "dcgan" and not spec.is_image:
             raise DgmError(f"network=dcgan needs image data, but {spec.name!r} has shape {spec.shape}: "
@@ -181,6 +180,9 @@ class GAN(GenerativeModel):
                            "with a class-conditional critic: set model.pack=1")
         if c.weight_clip is not None and c.weight_clip <= 0:
             raise DgmError(f"model.weight_clip must be positive (0.01 in the WGAN paper), got {c.weight_clip}")
+        if spec.representation == "levels":
+            raise DgmError("a GAN generates continuous values and cannot train on integer levels: use "
+                           "--set data.representation=signed (the default) or unit")
 
     @classmethod
     def default_representation(cls, config: GANConfig, spec: DataSpec) -> str:
@@ -234,10 +236,14 @@ class GAN(GenerativeModel):
         return Draw(z, y)
 
     def generate(self, draw: Draw) -> Tensor:
-        """G(z) ``(B, *spec.shape)``: tanh-squashed into [-1, 1] for images, unbounded for vectors."""
+        """G(z) ``(B, *spec.shape)`` in the range of the data representation: tanh into [-1, 1] for
+        ``signed`` images, a sigmoid into [0, 1] for the [0, 1] ones, unbounded for continuous data."""
         z = draw.z if draw.y is None else torch.cat([draw.z, self.label_embedding(draw.y)], dim=1)
         x = self.generator(z)
-        return torch.tanh(x) if self.image else x
+        representation = self.spec.representation
+        if representation == "continuous":
+            return x
+        return torch.tanh(x) if representation == "signed" else torch.sigmoid(x)
 
     def real_inputs(self, batch: Batch) -> tuple[Tensor, ...]:
         """What the critic sees of a real example (BiGAN: the pair (x, E(x)))."""
