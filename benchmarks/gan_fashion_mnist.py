@@ -10,10 +10,10 @@ evaluated with ``dgm.evaluate`` exactly as ``dgm eval RUN --metrics fid,kid,prec
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from parallel import run_all
 
 RUNS = {  # name in the table -> (registered model, settings)
     "DCGAN (non-saturating)": ("gan", {}),
@@ -80,13 +80,7 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/bench/gan-fmnist")
     args = parser.parse_args()
     jobs = [(label, args.epochs, args.out, args.threads) for label in args.runs.split(",")]
-    rows = []
-    with ProcessPoolExecutor(args.workers) as pool:
-        for row in pool.map(one_run, jobs):
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
+    rows = run_all(one_run, jobs, args.workers, args.out)
     print(table(rows))
 
 

@@ -14,11 +14,11 @@ run's metrics.csv.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from parallel import run_all
 
 METHODS = {  # name in the table -> (registered model, its own settings)
     "GAN (non-saturating)": ("gan", {}),
@@ -102,13 +102,7 @@ def main() -> None:
     extra = dict(s.split("=", 1) for s in args.set)
     jobs = [(m, toy, seed, args.epochs, args.out, extra) for m in args.methods.split(",")
             for toy in args.toys.split(",") for seed in range(args.seeds)]
-    rows = []
-    with ProcessPoolExecutor(args.workers) as pool:
-        for row in pool.map(one_run, jobs):
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
+    rows = run_all(one_run, jobs, args.workers, args.out)
     print(summary(rows))
 
 

@@ -155,11 +155,12 @@ class GAN(GenerativeModel):
                            "use --set model.network=mlp")
         self.network = network
         k = self.num_classes
-        self.label_embedding = nn.Embedding(k, c.latent_dim) if k else None
-        in_features = self.generator_input_dim + (c.latent_dim if k else 0)
-        if network == "dcgan":
-            self.generator = DCGANGenerator(in_features, spec.shape, width=c.width)
-        else:
+        if network == "dcgan":  # the class enters through conditional batch norm
+            self.label_embedding = None
+            self.generator = DCGANGenerator(self.generator_input_dim, spec.shape, width=c.width, num_classes=k)
+        else:  # the class embedding is concatenated to z
+            self.label_embedding = nn.Embedding(k, c.latent_dim) if k else None
+            in_features = self.generator_input_dim + (c.latent_dim if k else 0)
             self.generator = nn.Sequential(MLP(in_features, c.hidden, spec.dim, activation=nn.ReLU),
                                            nn.Unflatten(1, spec.shape))
         self.critic_body = self.make_critic_body()
@@ -238,8 +239,12 @@ class GAN(GenerativeModel):
     def generate(self, draw: Draw) -> Tensor:
         """G(z) ``(B, *spec.shape)`` in the range of the data representation: tanh into [-1, 1] for
         ``signed`` images, a sigmoid into [0, 1] for the [0, 1] ones, unbounded for continuous data."""
-        z = draw.z if draw.y is None else torch.cat([draw.z, self.label_embedding(draw.y)], dim=1)
-        x = self.generator(z)
+        if draw.y is None:
+            x = self.generator(draw.z)
+        elif self.label_embedding is None:
+            x = self.generator(draw.z, draw.y)
+        else:
+            x = self.generator(torch.cat([draw.z, self.label_embedding(draw.y)], dim=1))
         representation = self.spec.representation
         if representation == "continuous":
             return x
@@ -551,7 +556,7 @@ class BiGAN(GAN):
         self.encoder = nn.Sequential(body, nn.Linear(body.out_features, out))
 
     def make_critic_body(self) -> nn.Module:
-        c, spec = self.config, self.spec
+        c = self.config
         return JointCritic(super().make_critic_body(), c.latent_dim * c.pack, c.hidden[-1])
 
     def critic_features(self, *inputs: Tensor) -> Tensor:

@@ -21,31 +21,63 @@ from dgm.nn.blocks import MLP, conv_downsamplings
 LeakyReLU = functools.partial(nn.LeakyReLU, 0.2)
 
 
+class ConditionalBatchNorm2d(nn.Module):
+    """Batch norm whose gain and bias depend on the class: ``gamma_y * BN(x) + beta_y`` (de Vries
+    et al. 2017; the generator of Miyato & Koyama 2018). Starts as plain batch norm (gain 1, bias 0).
+    ``(B, C, H, W)`` and labels ``(B,)`` to ``(B, C, H, W)``."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.gain(y)[:, :, None, None] * self.norm(x) + self.bias(y)[:, :, None, None]
+
+
 class DCGANGenerator(nn.Module):
     """Vector to image: a linear layer to ``(width * 2^n, H / 2^n, W / 2^n)``, then per upsampling a
     ``ConvTranspose2d(4, stride 2)`` that halves the channels, each followed by batch norm and ReLU,
-    then a 3x3 convolution to ``C`` channels (no output non-linearity: the model applies tanh).
+    then a 3x3 convolution to ``C`` channels (no output non-linearity: the model applies it).
 
-    ``n`` = 2 for 28x28 and 32x32 (7 -> 14 -> 28, 8 -> 16 -> 32), 1 for 8x8.
-    Input ``(B, in_features)``, output ``(B, C, H, W)``.
+    ``n`` = 2 for 28x28 and 32x32 (7 -> 14 -> 28, 8 -> 16 -> 32), 1 for 8x8. With ``num_classes``
+    the batch norms are class-conditional (:class:`ConditionalBatchNorm2d`), so the class sets the
+    scale of every layer's features while the noise still decides the rest (a class embedding
+    concatenated to z alone lets the generator ignore z within a class).
+    Input ``(B, in_features)`` (and labels ``(B,)``), output ``(B, C, H, W)``.
     """
 
-    def __init__(self, in_features: int, out_shape: tuple[int, int, int], *, width: int = 64) -> None:
+    def __init__(self, in_features: int, out_shape: tuple[int, int, int], *, width: int = 64,
+                 num_classes: int | None = None) -> None:
         super().__init__()
         c, h, w = out_shape
         n = conv_downsamplings(h, w)
         ch = width * 2 ** n
-        self.project = nn.Sequential(nn.Linear(in_features, ch * (h >> n) * (w >> n)),
-                                     nn.Unflatten(1, (ch, h >> n, w >> n)), nn.BatchNorm2d(ch), nn.ReLU())
-        layers: list[nn.Module] = []
-        for _ in range(n):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1), nn.BatchNorm2d(ch // 2), nn.ReLU()]
-            ch //= 2
-        layers.append(nn.Conv2d(ch, c, 3, padding=1))
-        self.upsample = nn.Sequential(*layers)
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.upsample(self.project(z))  # (B, C, H, W)
+        def norm(channels: int) -> nn.Module:
+            return ConditionalBatchNorm2d(channels, num_classes) if num_classes else nn.BatchNorm2d(channels)
+
+        self.project = nn.Sequential(nn.Linear(in_features, ch * (h >> n) * (w >> n)),
+                                     nn.Unflatten(1, (ch, h >> n, w >> n)))
+        self.norms = nn.ModuleList([norm(ch)])
+        self.upsamplings = nn.ModuleList()
+        for _ in range(n):
+            self.upsamplings.append(nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1))
+            ch //= 2
+            self.norms.append(norm(ch))
+        self.out = nn.Conv2d(ch, c, 3, padding=1)
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        def norm(i: int, h: Tensor) -> Tensor:
+            return torch.relu(self.norms[i](h, y) if y is not None else self.norms[i](h))
+
+        h = norm(0, self.project(z))  # (B, width * 2^n, H / 2^n, W / 2^n)
+        for i, upsample in enumerate(self.upsamplings, start=1):
+            h = norm(i, upsample(h))  # doubles H and W, halves the channels
+        return self.out(h)  # (B, C, H, W)
 
 
 class DCGANDiscriminator(nn.Module):
