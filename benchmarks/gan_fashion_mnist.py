@@ -21,7 +21,7 @@ RUNS = {  # name in the table -> (registered model, settings)
     "hinge + SN": ("sngan", {}),
     "conditional GAN (projection)": ("cgan", {}),
     "BiGAN": ("bigan", {}),
-    "VAE (conv, latent 64)": ("vae", {"model.network": "conv", "model.latent_dim": 64, "model.likelihood": "logistic",
+    "VAE (conv; latent 64)": ("vae", {"model.network": "conv", "model.latent_dim": 64, "model.likelihood": "logistic",
                                       "train.lr": 1e-3, "train.ema": None}),
 }
 COMMON = {"model.width": 32, "train.batch_size": 64, "train.precision": "bf16", "train.ema": 0.999,

@@ -14,6 +14,8 @@ run's metrics.csv.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -72,9 +74,14 @@ def summary(rows: list[dict]) -> str:
             return "–"
         parts = []
         for key, fmt in (("modes_captured", "{:.1f}"), ("high_quality", "{:.1f}"), ("reverse_kl", "{:.2f}")):
-            values = [r[key] for r in runs]
+            # the reverse KL is undefined (NaN) for a run without a single high-quality sample
+            values = [r[key] for r in runs if not math.isnan(r[key])]
+            if not values:
+                parts.append("–")
+                continue
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            parts.append(f"{fmt.format(statistics.mean(values))} ± {fmt.format(sd)}")
+            note = f" ({len(values)} runs)" if len(values) < len(runs) else ""
+            parts.append(f"{fmt.format(statistics.mean(values))} ± {fmt.format(sd)}{note}")
         return " / ".join(parts)
 
     lines = ["| method | ring8: modes / HQ % / rev KL | grid25: modes / HQ % / rev KL | train time per run |",
@@ -98,7 +105,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra setting for all")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
     parser.add_argument("--out", default="/tmp/bench/gan-toys")
+    parser.add_argument("--summary", metavar="RESULTS_JSON", help="only print the table of earlier results")
     args = parser.parse_args()
+    if args.summary:
+        print(summary(json.loads(Path(args.summary).read_text())))
+        return
     extra = dict(s.split("=", 1) for s in args.set)
     jobs = [(m, toy, seed, args.epochs, args.out, extra) for m in args.methods.split(",")
             for toy in args.toys.split(",") for seed in range(args.seeds)]

@@ -100,12 +100,16 @@ def duality_gap(model: Any, data: Dataset, *, steps: int = 200, inner_steps: int
             player.train()
             return out
 
-        def train(player: Any, phase_name: str, n: int, proximal: bool = False) -> None:
+        def train(player: Any, phase_name: str, n: int, proximal: bool = False, checkpoints: int = 0) -> list[float]:
             """``n`` steps of one player of ``player`` on its own training loss (for the critic, with
-            ``proximal``, plus l ||critic - D||^2)."""
+            ``proximal``, plus l ||critic - D||^2). Returns the value M at ``checkpoints`` evenly
+            spaced points of the way (each point is a candidate player: an optimiser that overshoots
+            keeps the best player it passed)."""
             phase = next(p for p in player.phases() if p.name == phase_name)
             optimizer = torch.optim.Adam(phase.parameters, lr=phase.lr or 1e-3, betas=phase.betas or (0.9, 0.999))
-            for _ in range(n):
+            every = max(1, n // checkpoints) if checkpoints else 0
+            values = []
+            for i in range(1, n + 1):
                 batch = next(stream)
                 loss = player.loss(batch, phase_name, Progress()).loss
                 if proximal:
@@ -115,7 +119,10 @@ def duality_gap(model: Any, data: Dataset, *, steps: int = 200, inner_steps: int
                 optimizer.step()
                 if phase.after_step is not None:
                     phase.after_step()
+                if every and (i % every == 0 or i == n):
+                    values.append(value(player))
             player.zero_grad(set_to_none=True)
+            return values
 
         def copy_of(phase_name: str) -> Any:
             player = copy.deepcopy(model).train()
@@ -144,12 +151,10 @@ def duality_gap(model: Any, data: Dataset, *, steps: int = 200, inner_steps: int
         base = value(model)
         # M1: a copy of the critic trained against the fixed generator
         critic = copy_of(CRITIC)
-        train(critic, CRITIC, steps)
-        m1 = max(base, value(critic))
+        m1 = max([base, *train(critic, CRITIC, steps, checkpoints=10)])
         # M2: a copy of the generator trained against the fixed critic
         generator = copy_of(GENERATOR)
-        train(generator, GENERATOR, steps)
-        m2 = min(base, value(generator))
+        m2 = min([base, *train(generator, GENERATOR, steps, checkpoints=10)])
         # M2^l: a copy of the generator trained against proximal critics, each adapted afresh from D
         prox = copy_of(GENERATOR)
         for _ in range(max(1, steps // inner_steps)):
