@@ -59,6 +59,36 @@ def one_run(job: tuple[str, int, str, int]) -> dict:
             **{r.metric: r.value for r in results}, "qualifiers": {r.metric: r.qualifier for r in results}}
 
 
+def throughput(labels: list[str], steps: int = 40, repeats: int = 3) -> None:
+    """Training examples per second (one example = one example of one phase's step), the trainer
+    alone on the machine with 2 threads: median of ``repeats`` runs of ``steps`` steps after a warm-up."""
+    import statistics
+
+    import torch
+
+    import dgm
+    from dgm.train.trainer import TrainConfig, Trainer
+
+    torch.set_num_threads(2)
+    data = dgm.data.load("fashion-mnist", "train").with_representation("signed").subset(20000)
+    for label in labels:
+        name, settings = RUNS[label]
+        if name == "vae":
+            continue
+        for precision in ("fp32", "bf16"):
+            model = dgm.create(name, data.spec, width=COMMON["model.width"])
+            config = TrainConfig(epochs=1, batch_size=COMMON["train.batch_size"], progress=False, device="cpu",
+                                 precision=precision, max_steps_per_epoch=steps, sample_every=0)
+            times = []
+            for i in range(repeats + 1):
+                start = time.perf_counter()
+                Trainer(model, data, config).fit()
+                if i:  # the first run warms up
+                    times.append(time.perf_counter() - start)
+            rate = steps * config.batch_size / statistics.median(times)
+            print(f"{label}: {precision} {rate:.0f} examples/s", flush=True)
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | epochs | params | train time | FID[fmnist-net] | KID | precision | recall | linear probe | 5-NN |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -78,7 +108,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", default="/tmp/bench/gan-fmnist")
+    parser.add_argument("--throughput", action="store_true", help="only measure training examples/s")
     args = parser.parse_args()
+    if args.throughput:
+        throughput(args.runs.split(","))
+        return
     jobs = [(label, args.epochs, args.out, args.threads) for label in args.runs.split(",")]
     rows = run_all(one_run, jobs, args.workers, args.out)
     print(table(rows))
