@@ -156,12 +156,12 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
         if name not in METRICS:
             raise unknown_name("metric", name, METRICS)
         m = METRICS[name]
-        if name not in supported(model) and set(m.requires_any or m.requires) <= LIKELIHOOD_CAPABILITIES \
-                and not capabilities(model) & LIKELIHOOD_CAPABILITIES:
-            raise DgmError(f"model {model.name!r} has no likelihood: it is an implicit model that can sample but "
-                           f"defines no density, so it cannot give {name!r}; evaluate it with "
-                           f"{', '.join(supported(model, data.spec)) or 'sample-based metrics'}")
         if name not in supported(model):
+            if set(m.requires_any or m.requires) <= LIKELIHOOD_CAPABILITIES \
+                    and not capabilities(model) & LIKELIHOOD_CAPABILITIES:
+                raise DgmError(f"model {model.name!r} has no likelihood: it is an implicit model that can sample "
+                               f"but defines no density, so it cannot give {name!r}; evaluate it with "
+                               f"{', '.join(supported(model, data.spec)) or 'sample-based metrics'}")
             needs = " and ".join(m.requires) or " or ".join(m.requires_any)
             raise DgmError(f"model {model.name!r} cannot give {name!r} ({m.description}; it needs {needs}): "
                            f"it supports {', '.join(supported(model, data.spec)) or 'no metric'}")

@@ -88,13 +88,7 @@ class ModeCoverageMonitor:
         if (epoch + 1) % self.every:
             return None
         extras = trainer.data.spec.extras
-        generator = torch.Generator(device=trainer.device).manual_seed(self.seed)
-        rng = torch.get_rng_state()  # sampling must not disturb the training noise stream
-        with torch.no_grad(), trainer.evaluation_weights() as model:
-            model.eval()
-            x = model.sample(self.num_samples, generator=generator)
-            model.train()
-        torch.set_rng_state(rng)
+        x = trainer.evaluation_samples(self.num_samples, seed=self.seed)
         out = mode_coverage(x.float(), torch.tensor(extras["modes"]), extras["mode_std"])
         return {"modes/captured": out["modes_captured"], "modes/high_quality": 100 * out["high_quality"],
                 "modes/reverse_kl": out["reverse_kl"]}

@@ -200,12 +200,17 @@ class GAN(GenerativeModel):
         """Dimension of ``Draw.z`` (InfoGAN adds its codes)."""
         return self.config.latent_dim
 
-    def make_critic_body(self) -> nn.Module:
-        """The critic's feature network for (packed) data; it has an ``out_features`` attribute."""
+    def data_features(self, pack: int = 1) -> nn.Module:
+        """A feature network for packs of ``pack`` examples (DCGAN critic body or MLP), with an
+        ``out_features`` attribute: the critic's body, and BiGAN's encoder body."""
         c, spec = self.config, self.spec
         if self.network == "dcgan":
-            return DCGANDiscriminator((spec.shape[0] * c.pack, *spec.shape[1:]), width=c.width)
-        return MLPFeatures(spec.dim * c.pack, c.hidden)
+            return DCGANDiscriminator((spec.shape[0] * pack, *spec.shape[1:]), width=c.width)
+        return MLPFeatures(spec.dim * pack, c.hidden)
+
+    def make_critic_body(self) -> nn.Module:
+        """The critic's feature network for (packed) data; it has an ``out_features`` attribute."""
+        return self.data_features(self.config.pack)
 
     def make_heads(self, features: int) -> None:
         """The heads on the critic's features: the score, and the projection or class head."""
@@ -488,7 +493,7 @@ class InfoGAN(GAN):
 
     def report_figures(self, *, generator: torch.Generator | None = None) -> list[tuple[str, Tensor, int]]:
         return [(f"Latent traversal: {title}", images, columns) for title, images, columns
-                in self.traversals(generator=generator)] if self.spec.is_image else []
+                in self.traversals(generator=generator)]
 
     def traversals(self, n_rows: int = 8, steps: int = 10, *, generator: torch.Generator | None = None
                    ) -> list[tuple[str, Tensor, int]]:
@@ -549,10 +554,7 @@ class BiGAN(GAN):
         super().__init__(config, spec)
         c = config
         out = c.latent_dim * (2 if c.encoder == "gaussian" else 1)
-        if self.network == "dcgan":
-            body = DCGANDiscriminator(spec.shape, width=c.width)
-        else:
-            body = MLPFeatures(spec.dim, c.hidden)
+        body = self.data_features()
         self.encoder = nn.Sequential(body, nn.Linear(body.out_features, out))
 
     def make_critic_body(self) -> nn.Module:

@@ -321,15 +321,22 @@ class Trainer:
     def save_sample_grid(self, path: Path) -> None:
         from dgm.report.images import sample_picture, save
 
-        generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
-        rng = torch.get_rng_state()  # sampling must not disturb the training noise stream
-        with self.evaluation_weights() as model:
-            model.eval()
-            x = model.sample(self.config.num_samples, generator=generator)
-            model.train()
-        torch.set_rng_state(rng)
+        x = self.evaluation_samples(self.config.num_samples, seed=self.config.seed)
         reference = self.data.tensors(2000).x if not self.data.spec.is_image else None
         save(sample_picture(x, self.data.spec, reference), path)
+
+    @torch.no_grad()
+    def evaluation_samples(self, n: int, *, seed: int) -> Tensor:
+        """``n`` samples drawn with ``seed`` from the weights used for sampling (EMA when kept), in
+        eval mode, leaving the training noise stream as it was (for sample grids and monitors)."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        rng = torch.get_rng_state()
+        with self.evaluation_weights() as model:
+            model.eval()
+            x = model.sample(n, generator=generator)
+            model.train()
+        torch.set_rng_state(rng)
+        return x
 
     def evaluation_weights(self):  # noqa: ANN201
         """Context in which the model carries the weights used for sampling (EMA when kept)."""
