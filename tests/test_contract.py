@@ -18,6 +18,7 @@ TINY = {
     **{name: GAN_TINY for name in ("gan", "wgan", "wgan-gp", "lsgan", "sngan", "cgan", "acgan", "bigan", "ali")},
     "pacgan": {**GAN_TINY, "pack": 2},  # the tests' batches (16, 4) are multiples of 2
     "infogan": {**GAN_TINY, "categorical_codes": 3, "continuous_codes": 2},
+    "ddpm": {"timesteps": 10, "width": 8, "channel_mults": (1, 2), "sample_steps": 4},
 }
 MODEL_NAMES = sorted(n for n in MODELS if not n.startswith("test-"))
 

@@ -117,7 +117,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     condition = None if args.class_ is None else torch.tensor(args.class_)
     with torch.no_grad():
-        x = model.sample(args.n, condition, generator=generator)
+        x = model.sample(args.n, condition, generator=generator, **sampler_options(model.sample, args))
     out = Path(args.output)
     if out.suffix == ".npz":
         import numpy as np
@@ -130,6 +130,48 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise DgmError(f"cannot write samples to {out}: use a .png/.jpg picture or a .npz array file")
     print(f"{args.n} samples -> {out}")
     return 0
+
+
+SAMPLER_FLAGS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "guidance": "--guidance"}
+
+
+def sampler_options(method, args: argparse.Namespace) -> dict:  # noqa: ANN001 (a bound method)
+    """The sampler flags given on the command line, as keyword arguments of ``method``; a flag the
+    model's sampler does not take is an error, not silently ignored."""
+    import inspect
+
+    given = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k, None) is not None}
+    accepted = inspect.signature(method).parameters
+    for key in given:
+        if key not in accepted:
+            raise DgmError(f"{SAMPLER_FLAGS[key]} is for iterative samplers (diffusion models); "
+                           f"model {method.__self__.name!r} does not take it")
+    return given
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from dgm import run
+    from dgm.models import capabilities
+    from dgm.restoration import known_view, restore_to_picture
+
+    model = run.load(args.run)
+    if "restore" not in capabilities(model):
+        raise DgmError(f"model {model.name!r} cannot restore images: restoration needs a diffusion model (ddpm)")
+    view = known_view(args.task, model.spec, args.input, args.mask, copies=args.n)
+    view.y = view.y.to(model.device)
+    options = sampler_options(model.restore, args)
+    out = restore_to_picture(model, view, args.output, seed=args.seed, progress=not args.quiet,
+                             resample=args.resample, **options)
+    print(f"{args.task}: the input, then {args.n} restorations -> {out}")
+    return 0
+
+
+def add_sampler_flags(p: argparse.ArgumentParser, *, guidance: bool = True) -> None:
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], help="diffusion: ancestral DDPM or DDIM (default: the model's)")
+    p.add_argument("--steps", type=int, help="diffusion: DDIM denoising steps")
+    p.add_argument("--eta", type=float, help="diffusion: DDIM noise (0 deterministic, 1 like DDPM)")
+    if guidance:
+        p.add_argument("--guidance", type=float, help="diffusion: classifier-free guidance scale (with --class)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -262,7 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="samples.png", help=".png grid or .npz array")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class", dest="class_", type=int, help="class label, for class-conditional models")
+    add_sampler_flags(p)
     p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("restore", help="inpaint, super-resolve or colorize a picture with a trained diffusion model")
+    p.add_argument("run")
+    p.add_argument("--task", required=True, choices=["inpaint", "super-resolution", "colorize"])
+    p.add_argument("--input", required=True, help="the picture: the image (inpaint), a low-resolution or a grey one")
+    p.add_argument("--mask", help="inpaint: a picture of the image's size, white where pixels are to be generated")
+    p.add_argument("-n", type=int, default=4, help="restorations to draw")
+    p.add_argument("-o", "--output", default="restored.png", help="a .png row: the input, then the restorations")
+    p.add_argument("--resample", type=int, default=5, help="RePaint resampling: repetitions of each step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    add_sampler_flags(p, guidance=False)
+    p.set_defaults(fn=cmd_restore)
 
     p = sub.add_parser("eval", help="evaluate a trained run")
     p.add_argument("run")

@@ -14,7 +14,7 @@ from dgm.models.base import (
     model_class,
     register,
 )
-from dgm.models import gan, vae  # noqa: F401  (registers "vae", "gan" and its variants)
+from dgm.models import diffusion, gan, vae  # noqa: F401  (registers "vae", "gan" and its variants, "ddpm")
 
 __all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "capabilities", "create",
            "model_class", "register"]

@@ -128,6 +128,14 @@ def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, 
             parts += ["<h2>Latent interpolation</h2>",
                       _figure(images.grid(path, nrow=10, scale=scale),
                               "each row decodes a straight line between the codes of two test examples")]
+        if "restore" in have and spec.levels is not None:
+            from dgm.restoration import examples, shown
+
+            for title, view in examples(x[:8], spec):
+                rows = torch.cat([shown(view, spec.shape[0]), model.restore(view, generator=generator), x[:8]])
+                parts += [f"<h2>Restoration: {html.escape(title)}</h2>",
+                          _figure(images.grid(to_unit(rows, spec), nrow=8, scale=scale),
+                                  "top: what is known; middle: the model's restoration; bottom: the test image")]
         for title, images_, columns in model.report_figures(generator=generator):
             parts += [f"<h2>{html.escape(title)}</h2>",
                       _figure(images.grid(to_unit(images_, spec), nrow=columns, scale=scale),

@@ -1,0 +1,139 @@
+"""Image restoration with a trained model: from the user's picture files to a known view.
+
+Three tasks, one idea (:mod:`dgm.models.samplers`): a linear view of the image is known and the
+model generates the rest.
+
+* ``inpaint``: ``--input`` is the image, ``--mask`` a picture of the same size whose white pixels are
+  to be generated (the convention of image editors and diffusers); black pixels are kept exactly;
+* ``super-resolution``: ``--input`` is a low-resolution image whose sides divide the model's; the
+  block means of the result equal it;
+* ``colorize``: ``--input`` is a grey image of the model's size; the channel mean of the result
+  equals it (a colour model only).
+
+Pictures are read as they are (no resizing), so a wrong size or number of channels gets one line
+saying what to give instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from dgm.data.core import DataSpec
+from dgm.errors import DgmError
+from dgm.models.samplers import Colorization, Inpaint, KnownView, SuperResolution
+
+Task = Literal["inpaint", "super-resolution", "colorize"]
+TASKS: tuple[str, ...] = ("inpaint", "super-resolution", "colorize")
+
+
+def read_picture(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.exists():
+        raise DgmError(f"picture {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DgmError(f"cannot read picture {path}: {e}") from None
+
+
+def has_colour(im: Image.Image) -> bool:
+    if im.mode in ("L", "1", "LA", "I", "F"):
+        return False
+    rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+    return bool((rgb != rgb[..., :1]).any())
+
+
+def to_model_values(im: Image.Image, channels: int, spec: DataSpec) -> Tensor:
+    """The 8-bit picture as ``(1, channels, H, W)`` values in the model's representation ([-1, 1] on
+    the model's grid of ``spec.levels`` levels)."""
+    a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float64) / 255.0
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    levels = np.rint(a * (spec.levels - 1))  # the nearest of the model's levels
+    return torch.from_numpy(2 * levels / (spec.levels - 1) - 1).float()[None]
+
+
+def known_view(task: str, spec: DataSpec, input_path: str | Path, mask_path: str | Path | None = None,
+               *, copies: int = 1) -> KnownView:
+    """The known view for ``task`` from the user's files, repeated ``copies`` times (candidates)."""
+    if task not in TASKS:
+        raise DgmError(f"unknown restoration task {task!r}: use one of {', '.join(TASKS)}")
+    if not spec.is_image or spec.levels is None:
+        raise DgmError(f"restoration is for images, and this model was trained on {spec.name!r} {spec.shape}")
+    channels, height, width = spec.shape
+    im = read_picture(input_path)
+    size = f"{im.width}x{im.height}"
+    if task == "colorize":
+        if channels != 3:
+            raise DgmError("colorize needs a model of colour images, and this one makes grey images")
+        if (im.width, im.height) != (width, height):
+            raise DgmError(f"{input_path} is {size}, the model makes {width}x{height} images: give a "
+                           f"{width}x{height} grey picture")
+        grey = to_model_values(im.convert("L"), 1, spec)
+        return Colorization(grey.repeat(copies, 1, 1, 1), channels)
+    if channels == 1 and has_colour(im):
+        raise DgmError(f"{input_path} has colour, the model makes grey images: convert it to greyscale")
+    if channels == 3 and not has_colour(im) and task == "inpaint":
+        raise DgmError(f"{input_path} is grey, the model makes colour images: give a colour picture, or use "
+                       "--task colorize to colour it")
+    x = to_model_values(im, channels, spec)
+    if task == "super-resolution":
+        factor = width // im.width if im.width else 0
+        if factor < 2 or (im.width * factor, im.height * factor) != (width, height):
+            raise DgmError(f"{input_path} is {size}: super-resolution to the model's {width}x{height} needs a "
+                           f"picture whose sides divide those, e.g. {width // 2}x{height // 2}")
+        return SuperResolution(x.repeat(copies, 1, 1, 1), factor)
+    if (im.width, im.height) != (width, height):
+        raise DgmError(f"{input_path} is {size}, the model makes {width}x{height} images: give a "
+                       f"{width}x{height} picture")
+    if mask_path is None:
+        raise DgmError("inpaint needs --mask: a picture of the image's size, white where pixels are to be generated")
+    mask_im = read_picture(mask_path)
+    if mask_im.size != im.size:
+        raise DgmError(f"the mask {mask_path} is {mask_im.width}x{mask_im.height}, the image is {size}: "
+                       "give a mask of the image's size")
+    generate = torch.from_numpy(np.asarray(mask_im.convert("L")) >= 128)[None, None]
+    if not generate.any():
+        raise DgmError(f"the mask {mask_path} has no white pixel: white marks the pixels to generate")
+    return Inpaint(x.repeat(copies, 1, 1, 1), (~generate).expand(copies, 1, height, width))
+
+
+def examples(x: Tensor, spec: DataSpec) -> list[tuple[str, KnownView]]:
+    """Restoration tasks on test images ``x`` for the report: the central square (half the side)
+    to inpaint, a 2x super-resolution, and, for colour images, colorization."""
+    _, h, w = spec.shape
+    keep = torch.ones(1, 1, h, w, dtype=torch.bool)
+    keep[..., h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2] = False
+    tasks: list[tuple[str, KnownView]] = [("inpainting (the central square generated)", Inpaint(x, keep.expand(len(x), -1, -1, -1)))]
+    if h % 2 == 0 and w % 2 == 0:
+        tasks.append(("2x super-resolution", SuperResolution(torch.nn.functional.avg_pool2d(x, 2), 2)))
+    if spec.shape[0] == 3:
+        tasks.append(("colorization", Colorization(x.mean(1, keepdim=True), 3)))
+    return tasks
+
+
+def shown(view: KnownView, channels: int) -> Tensor:
+    """The known view as a picture of the model's size (unknown pixels of an inpainting mid-grey)."""
+    x = torch.where(view.mask, view.y, torch.zeros_like(view.y)) if isinstance(view, Inpaint) else view.lift(view.y)
+    return x.expand(-1, channels, -1, -1)
+
+
+def restore_to_picture(model, view: KnownView, out: str | Path, *, seed: int = 0, progress: bool = True,  # noqa: ANN001
+                       **options) -> Path:
+    """Restore ``view`` with ``model`` and save one row: the known view, then each candidate."""
+    from dgm.data.core import to_unit
+    from dgm.report import images
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        restored = model.restore(view, generator=generator, progress=progress, **options)
+    given = shown(view, restored.shape[1])[:1].cpu()
+    picture = images.grid(to_unit(torch.cat([given, restored.cpu()]), model.spec), nrow=len(restored) + 1,
+                          scale=max(1, 64 // model.spec.shape[-1]))
+    return images.save(picture, out)
