@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from parallel import run_all
+from parallel import run_all, training_rate
 
 RUNS = {  # name in the table -> (registered model, settings)
     "DCGAN (non-saturating)": ("gan", {}),
@@ -62,12 +62,10 @@ def one_run(job: tuple[str, int, str, int]) -> dict:
 def throughput(labels: list[str], steps: int = 40, repeats: int = 3) -> None:
     """Training examples per second (one example = one example of one phase's step), the trainer
     alone on the machine with 2 threads: median of ``repeats`` runs of ``steps`` steps after a warm-up."""
-    import statistics
-
     import torch
 
     import dgm
-    from dgm.train.trainer import TrainConfig, Trainer
+    from dgm.train.trainer import TrainConfig
 
     torch.set_num_threads(2)
     data = dgm.data.load("fashion-mnist", "train").with_representation("signed").subset(20000)
@@ -79,13 +77,7 @@ def throughput(labels: list[str], steps: int = 40, repeats: int = 3) -> None:
             model = dgm.create(name, data.spec, width=COMMON["model.width"])
             config = TrainConfig(epochs=1, batch_size=COMMON["train.batch_size"], progress=False, device="cpu",
                                  precision=precision, max_steps_per_epoch=steps, sample_every=0)
-            times = []
-            for i in range(repeats + 1):
-                start = time.perf_counter()
-                Trainer(model, data, config).fit()
-                if i:  # the first run warms up
-                    times.append(time.perf_counter() - start)
-            rate = steps * config.batch_size / statistics.median(times)
+            rate = training_rate(model, data, config, repeats)
             print(f"{label}: {precision} {rate:.0f} examples/s", flush=True)
 
 

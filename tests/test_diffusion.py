@@ -253,6 +253,10 @@ def test_cli_train_eval_sample_restore_and_bad_pictures(tmp_path, capsys):
     out = tmp_path / "ddpm"
     tiny = ["--set", "model.timesteps=20", "--set", "model.width=8", "--set", "model.sample_steps=5", "--quiet"]
     assert main(["train", "ddpm", "--data", "digits", "--epochs", "1", "--out", str(out), *tiny]) == 0
+    import json
+
+    assert json.loads((out / "config.json").read_text())["train"]["ema"] == 0.999  # EMA weights by default
+    assert (out / "ema.safetensors").exists()
     assert main(["eval", str(out), "--metrics", "nll", "--max-examples", "32", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "bits/dim" in printed and "diffusion VLB, all 20 terms" in printed

@@ -131,6 +131,8 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[
     model = build_model(config, data.spec)
     # the full model config (defaults included) is what lands in the checkpoint
     config.model_config = config_to_json(model.config)
+    if config.train.ema is None:  # the model's own default (diffusion samples with EMA weights)
+        config.train.ema = type(model).default_ema
     if not resume:
         if (out / ckpt.TRAINER_STATE).exists():
             raise DgmError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")

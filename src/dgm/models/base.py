@@ -90,6 +90,7 @@ class GenerativeModel(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type]
     description: ClassVar[str] = ""
+    default_ema: ClassVar[float | None] = None  # EMA decay of the weights when the run does not set train.ema
 
     def __init__(self, config: Any, spec: DataSpec) -> None:
         super().__init__()

@@ -269,6 +269,7 @@ class DDPM(GenerativeModel):
 
     name = "ddpm"
     Config = DDPMConfig
+    default_ema = 0.999  # samples from EMA weights unless train.ema says otherwise (Ho et al.: 0.9999 over 800k steps)
     description = "denoising diffusion (DDPM/DDIM samplers, exact VLB in bits/dim, classifier-free guidance)"
 
     def __init__(self, config: DDPMConfig, spec: DataSpec) -> None:

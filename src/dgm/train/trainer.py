@@ -46,7 +46,7 @@ class TrainConfig:
     schedule: Literal["constant", "cosine"] = "constant"  # learning-rate schedule after warm-up
     warmup_steps: int = 0  # linear learning-rate warm-up from 0, in optimiser rounds
     grad_clip: float | None = None  # clip the global gradient norm of each phase to this value
-    ema: float | None = None  # EMA decay of the weights (e.g. 0.999); EMA weights are used to sample
+    ema: float | None = None  # EMA decay of the weights, used to sample (e.g. 0.999); None: the model's default (ddpm 0.999, others none); 0: off
     seed: int = 0  # seeds weights, data order and all noise: a run is reproducible from config.json
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast of the forward pass (AMX CPUs, GPUs)
