@@ -43,13 +43,14 @@ def train(epochs: int, out: Path, extra: dict) -> tuple[dgm.GenerativeModel, dgm
     return model, config, time.perf_counter() - start
 
 
-def evaluate_samplers(model, config, num_samples: int, bound_examples: int, bound_terms: int) -> list[dict]:  # noqa: ANN001
+def evaluate_samplers(model, config, num_samples: int, bound_examples: int, bound_terms: int,  # noqa: ANN001
+                      parts: str = "bound,samplers") -> list[dict]:
     from dgm.eval import evaluate
 
     test = dgm.run.load_data(config, "test")
     rows = []
     # the bound: all T terms on the first examples, and an unbiased k-term estimate on the whole test set
-    for examples, k in ((bound_examples, 0), (len(test), bound_terms)):
+    for examples, k in ((bound_examples, 0), (len(test), bound_terms)) if "bound" in parts else ():
         model.config.bound_timesteps = k
         start = time.perf_counter()
         results = evaluate(model, test.subset(examples), ["nll"], progress=False)
@@ -57,7 +58,7 @@ def evaluate_samplers(model, config, num_samples: int, bound_examples: int, boun
         rows.append({"what": "nll", "value": bpd.value, "stderr": bpd.details["stderr"], "qualifier": bpd.qualifier,
                      "split": bpd.split, "seconds": time.perf_counter() - start})
         print(json.dumps(rows[-1]), flush=True)
-    for label, sampler, steps, eta in SAMPLERS:
+    for label, sampler, steps, eta in SAMPLERS if "samplers" in parts else ():
         model.config.sampler, model.config.sample_steps, model.config.eta = sampler, steps, eta
         start = time.perf_counter()
         with denoiser_in_bf16(model):
@@ -131,6 +132,8 @@ def main() -> None:
     parser.add_argument("--bound-examples", type=int, default=200, help="test examples of the all-T-terms bound")
     parser.add_argument("--bound-terms", type=int, default=20, help="terms of the unbiased estimate on the whole test set")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--parts", default="bound,samplers", choices=["bound,samplers", "bound", "samplers"],
+                        help="what to evaluate (a trained run in --out is reused), e.g. in two processes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when other jobs share the cores)")
     parser.add_argument("--out", default="/tmp/bench/ddpm-fmnist")
     parser.add_argument("--throughput", action="store_true", help="only measure examples/s")
@@ -150,8 +153,9 @@ def main() -> None:
     print(json.dumps({"train_seconds": seconds, "params": sum(p.numel() for p in model.parameters())}), flush=True)
     model.eval()
     with torch.no_grad():
-        rows = evaluate_samplers(model, config, args.num_samples, args.bound_examples, args.bound_terms)
-    (out / "benchmark.json").write_text(json.dumps({"train_seconds": seconds, "rows": rows}, indent=1))
+        rows = evaluate_samplers(model, config, args.num_samples, args.bound_examples, args.bound_terms, args.parts)
+    name = "benchmark.json" if args.parts == "bound,samplers" else f"benchmark-{args.parts}.json"
+    (out / name).write_text(json.dumps({"train_seconds": seconds, "rows": rows}, indent=1))
     sys.stdout.flush()
 
 

@@ -222,6 +222,8 @@ def test_bad_requests_get_one_clear_line():
     conditional = create("ddpm", data.spec, timesteps=10, channel_mults=(1, 2), width=8, conditional=True)
     with pytest.raises(DgmError, match=r"class labels must be in 0\.\.3"):
         conditional.sample(2, torch.tensor(4))
+    with pytest.raises(DgmError, match="DDPM sampler runs all 10 steps"):
+        unconditional.sample(2, sampler="ddpm", steps=5)
     with pytest.raises(DgmError, match="model.loss=hybrid"):
         create("ddpm", data.spec, variance="learned")
     with pytest.raises(DgmError, match="'signed'"):
@@ -298,3 +300,17 @@ def test_cli_train_eval_sample_restore_and_bad_pictures(tmp_path, capsys):
         assert re.search(message, err) and err.count("\n") == 1 and "Traceback" not in err, err
     assert main(["sample", str(out), "--guidance", "3", "-o", str(tmp_path / "g.png")]) == 2
     assert "guidance needs a class-conditional model" in capsys.readouterr().err
+
+
+def test_vectors_use_the_mlp_denoiser_and_a_density_bound():
+    from conftest import vector_dataset
+
+    data = vector_dataset(n=64, dim=2)
+    model = create("ddpm", data.spec, timesteps=20, hidden=(16, 16), variance="learned", loss="hybrid")
+    assert type(model.network).__name__ == "FlatDenoiser"
+    out = model.loss(data.tensors(32), "model", Progress())
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.likelihood_kind == "density"
+    with torch.no_grad():
+        assert model.sample(7, generator=torch.Generator().manual_seed(0)).shape == (7, 2)
+        assert torch.isfinite(model.elbo(data.tensors(5).x)).all()

@@ -108,6 +108,8 @@ def _train_and_report(config, out: Path, *, resume: bool, quiet: bool):  # noqa:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import inspect
+
     import torch
 
     from dgm import run
@@ -117,7 +119,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     condition = None if args.class_ is None else torch.tensor(args.class_)
     with torch.no_grad():
-        x = model.sample(args.n, condition, generator=generator, **sampler_options(model.sample, args))
+        options = sampler_options(model.sample, args)
+        if "progress" in inspect.signature(model.sample).parameters:  # iterative samplers show their steps
+            options["progress"] = True
+        x = model.sample(args.n, condition, generator=generator, **options)
     out = Path(args.output)
     if out.suffix == ".npz":
         import numpy as np

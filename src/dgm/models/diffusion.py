@@ -348,7 +348,8 @@ class DDPM(GenerativeModel):
     def elbo(self, x: Tensor) -> Tensor:
         """The variational bound L_T + sum_t L_{t-1} + L_0 on log p(x), nats ``(B,)``: the exact sum over
         all T terms (one draw of x_t per term, as in Ho et al.), or, with ``bound_timesteps = k``,
-        T/k times the sum over k stratified uniform timesteps, an unbiased estimate of it."""
+        T/k times the sum over k stratified uniform timesteps, an unbiased estimate of it. A
+        class-conditional model is scored as its unconditional (null-class) self, a bound on p(x)."""
         T, k = self.process.num_timesteps, self.config.bound_timesteps
         y = torch.full((len(x),), self.null_class, device=x.device) if self.config.conditional else None
         if k and k < T:  # one uniform draw inside each of k equal strata of {0 .. T-1}
@@ -407,12 +408,15 @@ class DDPM(GenerativeModel):
                guidance: float | None = None, progress: bool = False) -> Tensor:
         """``n`` samples; ``sampler``, ``steps``, ``eta`` and ``guidance`` default to the config's."""
         c = self.config
+        sampler = sampler or c.sampler
+        if sampler == "ddpm" and steps not in (None, self.process.num_timesteps):
+            raise DgmError(f"the DDPM sampler runs all {self.process.num_timesteps} steps: for {steps} steps use "
+                           "--sampler ddim (--eta 1 is the respaced ancestral sampler)")
         guidance = c.guidance if guidance is None else guidance
         denoise = self.guided(self.check_condition(condition, n, guidance), guidance)
         x = torch.randn((n, *self.spec.shape), generator=generator, device=self.device)
-        return samplers.run(self.process, denoise, x, sampler or c.sampler,
-                            steps=steps or c.sample_steps, eta=c.eta if eta is None else eta,
-                            generator=generator, progress=progress)
+        return samplers.run(self.process, denoise, x, sampler, steps=steps or c.sample_steps,
+                            eta=c.eta if eta is None else eta, generator=generator, progress=progress)
 
     def restore(self, known: samplers.KnownView, *, generator: torch.Generator | None = None,
                 sampler: str | None = None, steps: int | None = None, eta: float | None = None,
