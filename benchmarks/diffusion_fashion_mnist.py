@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--parts", default="bound,samplers", choices=["bound,samplers", "bound", "samplers"],
                         help="what to evaluate (a trained run in --out is reused), e.g. in two processes")
+    parser.add_argument("--weights", choices=["ema", "raw"], default="ema", help="which weights of a trained run to evaluate")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when other jobs share the cores)")
     parser.add_argument("--out", default="/tmp/bench/ddpm-fmnist")
     parser.add_argument("--throughput", action="store_true", help="only measure examples/s")
@@ -146,7 +147,7 @@ def main() -> None:
     out = Path(args.out)
     extra = dict(pair.split("=", 1) for pair in args.set)
     if (out / "weights.safetensors").exists():
-        model, (config, _) = dgm.load(out), dgm.run.read_config(out)
+        model, (config, _) = dgm.load(out, ema=args.weights == "ema"), dgm.run.read_config(out)
         seconds = float("nan")
     else:
         model, config, seconds = train(args.epochs, out, extra)
@@ -154,7 +155,7 @@ def main() -> None:
     model.eval()
     with torch.no_grad():
         rows = evaluate_samplers(model, config, args.num_samples, args.bound_examples, args.bound_terms, args.parts)
-    name = "benchmark.json" if args.parts == "bound,samplers" else f"benchmark-{args.parts}.json"
+    name = "benchmark.json" if args.parts == "bound,samplers" else f"benchmark-{args.parts}-{args.weights}.json"
     (out / name).write_text(json.dumps({"train_seconds": seconds, "rows": rows}, indent=1))
     sys.stdout.flush()
 

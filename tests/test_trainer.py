@@ -176,3 +176,22 @@ def test_corrupt_and_foreign_checkpoints_give_clear_errors(tmp_path):
 def test_too_small_dataset_is_a_clear_error():
     with pytest.raises(DgmError, match="fewer than one batch"):
         vae_trainer(None, data=image_dataset(n=10, representation="binary-dynamic"))
+
+
+def test_ema_warms_up_so_a_short_run_forgets_its_initial_weights():
+    from dgm.train.ema import EMA
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, 0.999)
+    expected = 0.0
+    for step in range(20):
+        with torch.no_grad():
+            model.weight.fill_(1.0 + 0.01 * step)
+        ema.update(model, step)
+        d = min(0.999, (1 + step) / (10 + step))  # the recurrence, by hand
+        expected = d * expected + (1 - d) * (1.0 + 0.01 * step)
+    assert ema.shadow["weight"].item() == pytest.approx(expected, rel=1e-6)
+    assert expected > 1.0  # without the warm-up it would still be 0.999^20 = 98% the initial 0
+    assert ema.decay_at(10 ** 6) == 0.999

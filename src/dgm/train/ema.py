@@ -9,8 +9,11 @@ from torch import Tensor, nn
 
 
 class EMA:
-    """Keeps ``shadow <- decay * shadow + (1 - decay) * param`` for every floating tensor of a model.
+    """Keeps ``shadow <- d * shadow + (1 - d) * param`` for every floating tensor of a model.
 
+    The decay warms up, ``d = min(decay, (1 + step) / (10 + step))`` at optimiser step ``step`` (as
+    TensorFlow's ``ExponentialMovingAverage(num_updates=...)``): without it the average of a short
+    run is dominated by the random initial weights (0.999^1000 = 37% of them after 1000 steps).
     Buffers are averaged too (and integer buffers copied), so the EMA weights form a complete
     ``state_dict`` that can be saved and loaded like the model's own.
     """
@@ -21,11 +24,16 @@ class EMA:
         self.decay = decay
         self.shadow: dict[str, Tensor] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        """Average in the weights after optimiser step ``step`` (0-based, the trainer's round count)."""
+        weight = 1.0 - self.decay_at(step)
         for key, value in model.state_dict().items():
             if value.is_floating_point():
-                self.shadow[key].lerp_(value.detach(), 1.0 - self.decay)
+                self.shadow[key].lerp_(value.detach(), weight)
             else:
                 self.shadow[key].copy_(value)
 

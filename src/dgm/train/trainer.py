@@ -240,7 +240,7 @@ class Trainer:
         if phase.after_step is not None:
             phase.after_step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, self.position.step)
 
     def _check_finite(self, loss: Tensor, phase: Phase) -> None:
         if torch.isfinite(loss).item():
