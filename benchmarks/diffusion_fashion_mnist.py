@@ -58,7 +58,9 @@ def evaluate_samplers(model, config, num_samples: int, bound_examples: int, boun
         rows.append({"what": "nll", "value": bpd.value, "stderr": bpd.details["stderr"], "qualifier": bpd.qualifier,
                      "split": bpd.split, "seconds": time.perf_counter() - start})
         print(json.dumps(rows[-1]), flush=True)
-    for label, sampler, steps, eta in SAMPLERS if "samplers" in parts else ():
+    for label, sampler, steps, eta in SAMPLERS:
+        if not ("samplers" in parts or sampler in parts.split(",")):
+            continue
         model.config.sampler, model.config.sample_steps, model.config.eta = sampler, steps, eta
         start = time.perf_counter()
         with denoiser_in_bf16(model):
@@ -132,7 +134,7 @@ def main() -> None:
     parser.add_argument("--bound-examples", type=int, default=200, help="test examples of the all-T-terms bound")
     parser.add_argument("--bound-terms", type=int, default=20, help="terms of the unbiased estimate on the whole test set")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--parts", default="bound,samplers", choices=["bound,samplers", "bound", "samplers"],
+    parser.add_argument("--parts", default="bound,samplers", choices=["bound,samplers", "bound", "samplers", "ddpm", "ddim"],
                         help="what to evaluate (a trained run in --out is reused), e.g. in two processes")
     parser.add_argument("--weights", choices=["ema", "raw"], default="ema", help="which weights of a trained run to evaluate")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when other jobs share the cores)")
