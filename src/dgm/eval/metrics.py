@@ -42,14 +42,14 @@ def nll(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
         return likelihood_results("nll", log_px, "exact", model, ctx)
     if "iwae_bound" in have:
         return likelihood_results("nll", iwae_log_px(model, ctx, ctx.k), f"bound (IWAE k={ctx.k})", model, ctx)
-    log_px = torch.cat([model.elbo(x) for x in ctx.batches(desc="ELBO")])
+    log_px = torch.cat([model.elbo(x) for x in ctx.batches(desc=model.elbo_description)])
     return likelihood_results("nll", log_px, f"bound ({model.elbo_description})", model, ctx)
 
 
 @metric("elbo", requires=("elbo",), description="negative ELBO (VAEs: one-sample Monte Carlo, analytic KL; "
         "diffusion: the variational bound)")
 def elbo(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
-    log_px = torch.cat([model.elbo(x) for x in ctx.batches(desc="ELBO")])
+    log_px = torch.cat([model.elbo(x) for x in ctx.batches(desc=model.elbo_description)])
     return likelihood_results("neg_elbo", log_px, f"bound ({model.elbo_description})", model, ctx)
 
 
