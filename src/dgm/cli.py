@@ -162,8 +162,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     model = run.load(args.run)
     if "restore" not in capabilities(model):
         raise DgmError(f"model {model.name!r} cannot restore images: restoration needs a diffusion model (ddpm)")
-    view = known_view(args.task, model.spec, args.input, args.mask, copies=args.n)
-    view.y = view.y.to(model.device)
+    view = known_view(args.task, model.spec, args.input, args.mask, copies=args.n).to(model.device)
     options = sampler_options(model.restore, args)
     out = restore_to_picture(model, view, args.output, seed=args.seed, progress=not args.quiet,
                              resample=args.resample, **options)

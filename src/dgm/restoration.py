@@ -108,7 +108,7 @@ def examples(x: Tensor, spec: DataSpec) -> list[tuple[str, KnownView]]:
     """Restoration tasks on test images ``x`` for the report: the central square (half the side)
     to inpaint, a 2x super-resolution, and, for colour images, colorization."""
     _, h, w = spec.shape
-    keep = torch.ones(1, 1, h, w, dtype=torch.bool)
+    keep = torch.ones(1, 1, h, w, dtype=torch.bool, device=x.device)
     keep[..., h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2] = False
     tasks: list[tuple[str, KnownView]] = [("inpainting (the central square generated)", Inpaint(x, keep.expand(len(x), -1, -1, -1)))]
     if h % 2 == 0 and w % 2 == 0:

@@ -124,11 +124,13 @@ class GaussianDiffusion(nn.Module):
         posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)
         buffers = {
             "betas": betas,
+            "log_betas": betas.log(),
             "alphas_cumprod": alphas_cumprod,
-            "alphas_cumprod_prev": alphas_cumprod_prev,
             "posterior_variance": posterior_variance,
             # beta~_1 = 0: the log is clipped to beta~_2 as in Ho et al.'s code (only t = 1 uses it)
             "posterior_log_variance": torch.cat([posterior_variance[1:2], posterior_variance[1:]]).log(),
+            # fixed-large: beta_t, with beta_1 replaced by beta~_2 as in Ho's code (L_0 needs a small variance)
+            "large_log_variance": torch.cat([posterior_variance[1:2], betas[1:]]).log(),
             "posterior_mean_coef_x0": betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod),
             "posterior_mean_coef_xt": (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod),
         }
@@ -192,9 +194,9 @@ class GaussianDiffusion(nn.Module):
         small = gather(self.posterior_log_variance, t, xt)
         if self.variance == "fixed-small":
             return small.expand_as(xt)
-        if self.variance == "fixed-large":  # beta_1 replaced by beta~_2, as in Ho's code: L_0 needs a small variance
-            return gather(torch.cat([self.posterior_variance[1:2], self.betas[1:]]).log(), t, xt).expand_as(xt)
-        large = gather(self.betas.log(), t, xt)
+        if self.variance == "fixed-large":
+            return gather(self.large_log_variance, t, xt).expand_as(xt)
+        large = gather(self.log_betas, t, xt)  # the learned interpolation reaches beta_1 itself (Nichol's code)
         frac = (variance_head + 1) / 2
         return frac * large + (1 - frac) * small
 
@@ -275,7 +277,7 @@ class DDPM(GenerativeModel):
     def __init__(self, config: DDPMConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
         c = config
-        expected = "continuous" if spec.levels is None else "signed"
+        expected = self.default_representation(config, spec)
         if spec.representation != expected:
             raise DgmError(f"the diffusion model works on {expected!r} data (images in [-1, 1]), got "
                            f"{spec.representation!r}: drop --set data.representation")

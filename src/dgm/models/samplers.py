@@ -66,6 +66,13 @@ class KnownView:
     def __init__(self, y: Tensor) -> None:
         self.y = y
 
+    def to(self, device: torch.device | str) -> KnownView:
+        """Move every tensor of the view (the known values, a mask) to ``device``; returns ``self``."""
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(self, name, value.to(device))
+        return self
+
     def project(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
