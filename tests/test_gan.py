@@ -12,7 +12,7 @@ from conftest import image_dataset, vector_dataset
 from dgm import DgmError, create, evaluate
 from dgm.eval.duality import duality_gap
 from dgm.models import Progress
-from dgm.models.gan import critic_loss, generator_loss, gradient_penalty
+from dgm.models.gan import critic_loss, generator_loss, gradient_penalty, r1_penalty
 from dgm.nn.adversarial import pack, top_singular_value
 
 
@@ -56,6 +56,31 @@ def test_gradient_penalty_of_a_linear_critic():
     v = torch.tensor([1.0, 2.0])  # ||(w, v)||^2 = 169 + 5
     penalty = gradient_penalty(lambda x, z: x @ w + z @ v, (real, torch.randn(64, 2)), (fake, torch.randn(64, 2)))
     assert penalty.item() == pytest.approx((math.sqrt(174) - 1) ** 2, rel=1e-5)
+
+
+def test_r1_penalty_of_known_critics():
+    # linear D(x) = w . x: ||grad||^2 = ||w||^2 at every point; quadratic D(x) = -||x||^2 / 2: grad -x
+    w = torch.tensor([3.0, -4.0, 12.0])
+    real = torch.randn(64, 3)
+    assert r1_penalty(lambda x: x @ w, (real,)).item() == pytest.approx(169.0)
+    quadratic = r1_penalty(lambda x: -0.5 * x.pow(2).sum(1), (real,))
+    assert quadratic.item() == pytest.approx(real.pow(2).sum(1).mean().item(), rel=1e-6)
+    quadratic.backward()  # differentiable, so the critic can be trained on it (no error here)
+
+
+def test_r1_enters_the_critic_loss_with_weight_gamma_over_two():
+    data = vector_dataset(n=64, dim=2)
+    torch.manual_seed(0)
+    gan = create("gan", data.spec, r1=10.0, hidden=(16,))
+    batch = data.tensors(32)
+    torch.manual_seed(1)
+    with_r1 = gan.loss(batch, "critic", Progress())
+    gan.config.r1 = 0.0
+    torch.manual_seed(1)
+    without = gan.loss(batch, "critic", Progress())
+    penalty = with_r1.metrics["r1_penalty"]
+    assert penalty.item() > 0
+    assert (with_r1.loss - without.loss).item() == pytest.approx(5.0 * penalty.item(), rel=1e-5)
 
 
 def test_spectral_norm_brings_the_top_singular_value_to_one():

@@ -21,6 +21,9 @@ s, with D = sigmoid(s) for the minimax and non-saturating losses. The losses (:f
 * ``hinge``: the critic minimises E relu(1 - D(x)) + E relu(1 + D(G(z))), the generator
   -E D(G(z)) (Lim & Ye 2017; Miyato et al. 2018, arXiv:1802.05957), usually with spectral norm.
 
+Any loss can add the zero-centred penalty R1 = gamma/2 E ||grad D(x)||^2 on real data (Mescheder
+et al. 2018, arXiv:1801.04406), which makes the game converge locally where the plain one circles.
+
 Options of every variant: PacGAN packing of the critic's input (Lin et al. 2018,
 arXiv:1712.04086), spectral normalisation of the critic, two learning rates (TTUR, Heusel et al.
 2017, arXiv:1706.08500), and the EMA generator (``--set train.ema=0.999``: the trainer keeps the
@@ -82,21 +85,33 @@ def generator_loss(kind: str, fake: Tensor) -> Tensor:
     raise ValueError(f"unknown GAN loss {kind!r}")
 
 
+def score_gradient_norms(critic: Any, inputs: list[Tensor]) -> Tensor:
+    """||grad_x D(x)||_2 at ``inputs``, one norm per score, differentiable (for a penalty).
+    ``critic(*inputs)`` returns one score per (packed) example; inputs that come in several parts
+    (BiGAN's (x, z)) have their gradients joined into one vector per score."""
+    inputs = [x.detach().requires_grad_(True) for x in inputs]
+    scores = critic(*inputs)
+    grads = torch.autograd.grad(scores.sum(), inputs, create_graph=True)
+    # one row per score: with packing, the m examples of a pack share one gradient vector
+    return torch.cat([g.reshape(len(scores), -1) for g in grads], dim=1).float().norm(dim=1)
+
+
 def gradient_penalty(critic: Any, real: tuple[Tensor, ...], fake: tuple[Tensor, ...],
                      generator: torch.Generator | None = None) -> Tensor:
     """E (||grad_{x_hat} D(x_hat)||_2 - 1)^2 with x_hat = e x + (1 - e) x_tilde, e ~ U[0, 1] per
-    example (WGAN-GP eq. 3). ``critic(*inputs)`` returns one score per (packed) example; inputs
-    that come in several parts (BiGAN's (x, z)) are interpolated part by part and their gradients
-    joined into one vector per example."""
+    example (WGAN-GP eq. 3); multi-part inputs are interpolated part by part."""
     n = len(real[0])
     e = torch.rand(n, device=real[0].device, generator=generator)
-    mixed = [(e.view(n, *[1] * (r.dim() - 1)) * r + (1 - e.view(n, *[1] * (r.dim() - 1))) * f).detach()
-             .requires_grad_(True) for r, f in zip(real, fake)]
-    scores = critic(*mixed)
-    grads = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
-    # one row per score: with packing, the m examples of a pack share one gradient vector
-    norm = torch.cat([g.reshape(len(scores), -1) for g in grads], dim=1).float().norm(dim=1)
-    return (norm - 1).pow(2).mean()
+    mixed = [e.view(n, *[1] * (r.dim() - 1)) * r + (1 - e.view(n, *[1] * (r.dim() - 1))) * f
+             for r, f in zip(real, fake)]
+    return (score_gradient_norms(critic, mixed) - 1).pow(2).mean()
+
+
+def r1_penalty(critic: Any, real: tuple[Tensor, ...]) -> Tensor:
+    """E ||grad_x D(x)||_2^2 on real data: the zero-centred penalty R1 (Mescheder et al. 2018,
+    arXiv:1801.04406, eq. 9, weighted there by gamma / 2). It flattens the critic on the data,
+    where a converged critic is flat, and damps the oscillation of the game around equilibrium."""
+    return score_gradient_norms(critic, list(real)).pow(2).mean()
 
 
 @dataclass
@@ -118,6 +133,7 @@ class GANConfig:
     width: int = 64  # DCGAN channels at full resolution (doubled at each downsampling)
     critic_steps: int = 1  # k: critic steps per generator step
     gradient_penalty: float = 0.0  # lambda of the WGAN-GP penalty (0: off; 10 in the paper)
+    r1: float = 0.0  # gamma of the zero-centred penalty gamma/2 E||grad D(x)||^2 on real data (0: off)
     weight_clip: float | None = None  # WGAN: clip critic weights to [-c, c] after each step (0.01)
     spectral_norm: bool = False  # spectral normalisation of every critic layer
     pack: int = 1  # PacGAN: the critic judges packs of this many samples
@@ -317,6 +333,10 @@ class GAN(GenerativeModel):
             penalty = gradient_penalty(lambda *inputs: self.critic(inputs, batch.y)[0], real, fake)
             loss = loss + c.gradient_penalty * penalty
             metrics["gradient_penalty"] = penalty
+        if c.r1 > 0:
+            penalty = r1_penalty(lambda *inputs: self.critic(inputs, batch.y)[0], real)
+            loss = loss + c.r1 / 2 * penalty
+            metrics["r1_penalty"] = penalty
         aux, aux_metrics = self.auxiliary_loss(CRITIC, batch, draw, real_h, fake_h)
         return Loss(loss + aux, {**metrics, **aux_metrics})
 
