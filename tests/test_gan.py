@@ -61,9 +61,9 @@ def test_gradient_penalty_of_a_linear_critic():
 def test_r1_penalty_of_known_critics():
     # linear D(x) = w . x: ||grad||^2 = ||w||^2 at every point; quadratic D(x) = -||x||^2 / 2: grad -x
     w = torch.tensor([3.0, -4.0, 12.0])
-    real = torch.randn(64, 3)
-    assert r1_penalty(lambda x: x @ w, (real,)).item() == pytest.approx(169.0)
-    quadratic = r1_penalty(lambda x: -0.5 * x.pow(2).sum(1), (real,))
+    real = torch.randn(64, 3, requires_grad=True)
+    assert r1_penalty(real @ w, (real,)).item() == pytest.approx(169.0)
+    quadratic = r1_penalty(-0.5 * real.pow(2).sum(1), (real,))
     assert quadratic.item() == pytest.approx(real.pow(2).sum(1).mean().item(), rel=1e-6)
     quadratic.backward()  # differentiable, so the critic can be trained on it (no error here)
 

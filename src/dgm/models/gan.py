@@ -85,12 +85,10 @@ def generator_loss(kind: str, fake: Tensor) -> Tensor:
     raise ValueError(f"unknown GAN loss {kind!r}")
 
 
-def score_gradient_norms(critic: Any, inputs: list[Tensor]) -> Tensor:
-    """||grad_x D(x)||_2 at ``inputs``, one norm per score, differentiable (for a penalty).
-    ``critic(*inputs)`` returns one score per (packed) example; inputs that come in several parts
-    (BiGAN's (x, z)) have their gradients joined into one vector per score."""
-    inputs = [x.detach().requires_grad_(True) for x in inputs]
-    scores = critic(*inputs)
+def score_gradient_norms(scores: Tensor, inputs: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
+    """||grad_x D(x)||_2, one norm per score, differentiable (for a penalty): ``scores`` are the
+    critic's scores of ``inputs``, which require grad. Inputs that come in several parts (BiGAN's
+    (x, z)) have their gradients joined into one vector per score."""
     grads = torch.autograd.grad(scores.sum(), inputs, create_graph=True)
     # one row per score: with packing, the m examples of a pack share one gradient vector
     return torch.cat([g.reshape(len(scores), -1) for g in grads], dim=1).float().norm(dim=1)
@@ -99,19 +97,22 @@ def score_gradient_norms(critic: Any, inputs: list[Tensor]) -> Tensor:
 def gradient_penalty(critic: Any, real: tuple[Tensor, ...], fake: tuple[Tensor, ...],
                      generator: torch.Generator | None = None) -> Tensor:
     """E (||grad_{x_hat} D(x_hat)||_2 - 1)^2 with x_hat = e x + (1 - e) x_tilde, e ~ U[0, 1] per
-    example (WGAN-GP eq. 3); multi-part inputs are interpolated part by part."""
+    example (WGAN-GP eq. 3). ``critic(*inputs)`` returns one score per (packed) example;
+    multi-part inputs are interpolated part by part."""
     n = len(real[0])
     e = torch.rand(n, device=real[0].device, generator=generator)
-    mixed = [e.view(n, *[1] * (r.dim() - 1)) * r + (1 - e.view(n, *[1] * (r.dim() - 1))) * f
-             for r, f in zip(real, fake)]
-    return (score_gradient_norms(critic, mixed) - 1).pow(2).mean()
+    mixed = [(e.view(n, *[1] * (r.dim() - 1)) * r + (1 - e.view(n, *[1] * (r.dim() - 1))) * f).detach()
+             .requires_grad_(True) for r, f in zip(real, fake)]
+    return (score_gradient_norms(critic(*mixed), mixed) - 1).pow(2).mean()
 
 
-def r1_penalty(critic: Any, real: tuple[Tensor, ...]) -> Tensor:
-    """E ||grad_x D(x)||_2^2 on real data: the zero-centred penalty R1 (Mescheder et al. 2018,
-    arXiv:1801.04406, eq. 9, weighted there by gamma / 2). It flattens the critic on the data,
-    where a converged critic is flat, and damps the oscillation of the game around equilibrium."""
-    return score_gradient_norms(critic, list(real)).pow(2).mean()
+def r1_penalty(real_scores: Tensor, real: tuple[Tensor, ...]) -> Tensor:
+    """E ||grad_x D(x)||_2^2 on real data, from the critic's scores of ``real`` (inputs that
+    require grad, so the critic's own forward pass serves its loss and the penalty): the
+    zero-centred penalty R1 (Mescheder et al. 2018, arXiv:1801.04406, eq. 9, weighted there by
+    gamma / 2). It flattens the critic on the data, where a converged critic is flat, and damps the
+    oscillation of the game around equilibrium."""
+    return score_gradient_norms(real_scores, real).pow(2).mean()
 
 
 @dataclass
@@ -325,6 +326,8 @@ class GAN(GenerativeModel):
         with torch.no_grad():  # the critic's step moves the critic alone
             fake = self.fake_inputs(draw)
             real = self.real_inputs(batch)
+        if c.r1 > 0:  # R1 differentiates the real scores with respect to their inputs
+            real = tuple(r.detach().requires_grad_(True) for r in real)
         real_score, real_h = self.critic(real, batch.y)
         fake_score, fake_h = self.critic(fake, draw.y)
         loss = critic_loss(c.loss, real_score, fake_score)
@@ -334,7 +337,7 @@ class GAN(GenerativeModel):
             loss = loss + c.gradient_penalty * penalty
             metrics["gradient_penalty"] = penalty
         if c.r1 > 0:
-            penalty = r1_penalty(lambda *inputs: self.critic(inputs, batch.y)[0], real)
+            penalty = r1_penalty(real_score, real)
             loss = loss + c.r1 / 2 * penalty
             metrics["r1_penalty"] = penalty
         aux, aux_metrics = self.auxiliary_loss(CRITIC, batch, draw, real_h, fake_h)
