@@ -121,7 +121,7 @@ def test_unknown_model_and_dataset_suggest_the_nearest(capsys, tmp_path):
 
 def test_unknown_and_bad_settings(capsys, tmp_path):
     fails_with(capsys, ["train", "vae", "--set", "latent_dims=4"], "latent_dims", "model.latent_dim")
-    fails_with(capsys, ["train", "vae", "--set", "model.latent_dim=four"], "model.latent_dim must be int")
+    fails_with(capsys, ["train", "vae", "--set", "model.latent_dim=four"], "model.latent_dim must be an integer")
     fails_with(capsys, ["train", "vae", "--set", "model.likelihood=gauss"], "gaussian")
     fails_with(capsys, ["train", "vae", "--set", "nonsense"], "KEY=VALUE")
 

@@ -100,3 +100,24 @@ def test_create_checks_names_and_settings():
         create("vea", spec)
     with pytest.raises(DgmError, match="latent_dim"):
         create("vae", spec, latent_dims=3)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_generation_runs_without_autograd_and_returns_plain_tensors(name):
+    """sample / preview_sample / report_figures of every model run under inference mode (no graph
+    is built, so a long chain keeps no activations) and hand back ordinary tensors without a graph,
+    which may still be fed to a network that is being trained."""
+    model, _ = build(name)
+    model.eval()
+    assert any(p.requires_grad for p in model.parameters())
+    seen = []
+    for module in model.modules():  # every layer that generation runs records the autograd mode
+        module.register_forward_hook(lambda *_: seen.append((torch.is_grad_enabled(),
+                                                             torch.is_inference_mode_enabled())))
+    outputs = [model.sample(3, generator=torch.Generator().manual_seed(0)),
+               model.preview_sample(3, generator=torch.Generator().manual_seed(0))]
+    outputs += [images for _, images, _, _ in model.report_figures(generator=torch.Generator().manual_seed(0))]
+    assert seen and all(mode == (False, True) for mode in seen), seen
+    for x in outputs:
+        assert x.grad_fn is None and not x.requires_grad and not x.is_inference()
+    (torch.nn.Linear(x[0].numel(), 1)(x.flatten(1).float())).sum().backward()  # usable in training

@@ -244,7 +244,7 @@ def test_bad_settings_are_clear_errors():
     spec = vector_dataset(n=8).spec
     with pytest.raises(DgmError, match="network=dcgan needs image data"):
         create("gan", spec, network="dcgan")
-    with pytest.raises(DgmError, match="weight_clip must be positive"):
+    with pytest.raises(DgmError, match="model.weight_clip must be > 0"):
         create("wgan", spec, weight_clip=0.0)
     with pytest.raises(DgmError, match="at least one code"):
         create("infogan", spec, categorical_codes=0, continuous_codes=0)

@@ -41,13 +41,16 @@ class MeanGame(GenerativeModel):
 
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         self.calls.append((phase, self.mu.item(), self.w.item()))
-        fake = self.sample(len(batch.x))
+        fake = self.draw(len(batch.x))  # differentiable in mu (sample() is not: it runs without autograd)
         gap = batch.x.mean(0) - fake.mean(0)
         value = (self.w * gap).sum() - 0.5 * self.w.pow(2).sum()
         return Loss(-value if phase == "critic" else value, {"gap": gap.abs().sum()})
 
-    def sample(self, n, condition=None, *, generator=None):
+    def draw(self, n, generator=None):
         return self.mu + 0.1 * torch.randn(n, *self.spec.shape, generator=generator, device=self.device)
+
+    def sample(self, n, condition=None, *, generator=None):
+        return self.draw(n, generator)
 
 
 def shifted_vectors(n: int = 512, shift: float = 1.5) -> Dataset:

@@ -6,17 +6,17 @@ from it and the safetensors weights beside it, so a run is reproducible from its
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from dgm import __version__
 from dgm.data.core import DataSpec, Dataset
 from dgm.errors import DgmError, unknown_name
-from dgm.models.base import GenerativeModel, coerce, config_to_json, make_config, model_class
+from dgm.models.base import GenerativeModel, config_to_json, make_config, model_class
+from dgm.settings import PositiveInt, coerce, type_hints
 from dgm.train import checkpoint as ckpt
 from dgm.train.trainer import TrainConfig, Trainer, resolve_device
 
@@ -27,9 +27,9 @@ class DataConfig:
 
     name: str = "digits"  # a name from 'dgm list', or folder:PATH / npz:PATH
     representation: str | None = None  # None: the one the model asks for (e.g. binary-dynamic for Bernoulli)
-    size: int | None = None  # folder: images are resized to size x size
-    channels: int | None = None  # folder: 1 (grayscale) or 3 (RGB)
-    max_examples: int | None = None  # train on the first N examples only (quick runs)
+    size: PositiveInt | None = None  # folder: images are resized to size x size
+    channels: Literal[1, 3] | None = None  # folder: 1 (grayscale) or 3 (RGB)
+    max_examples: PositiveInt | None = None  # train on the first N examples only (quick runs)
 
 
 @dataclass
@@ -78,7 +78,7 @@ class RunConfig:
                 every = [f"{s}.{n}" for s, (_, fields) in sections.items() for n in fields]
                 raise unknown_name("setting", key, every)
             section, name = matches[0], key
-        hint = typing.get_type_hints(sections[section][0])[name]
+        hint = type_hints(sections[section][0])[name]
         typed = coerce(value, hint, f"{section}.{name}")
         if section == "model":
             self.model_config[name] = typed
@@ -91,7 +91,7 @@ def _dataclass_from(cls: type, values: dict[str, Any], section: str) -> Any:
     for k in values:
         if k not in fields:
             raise unknown_name(f"{section} setting", k, fields)
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     return cls(**{k: coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()})
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, register
 from dgm.models import samplers
 from dgm.nn.unet import DenoisingMLP, UNet
+from dgm.settings import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -234,26 +235,27 @@ class GaussianDiffusion(nn.Module):
 class DDPMConfig:
     """Settings of :class:`DDPM` (``--set model.KEY=VALUE``)."""
 
-    timesteps: int = 1000  # T, steps of the forward process
+    timesteps: Annotated[int, Range(2)] = 1000  # T, steps of the forward process
     schedule: Literal["linear", "cosine"] = "linear"  # beta schedule (Ho et al.; Nichol & Dhariwal eq. 17)
     prediction: Literal["epsilon", "x0", "v"] = "epsilon"  # what the network predicts
     variance: Literal["fixed-small", "fixed-large", "learned"] = "fixed-small"  # Sigma_theta of p(x_{t-1}|x_t)
     loss: Literal["simple", "vlb", "hybrid"] = "simple"  # L_simple (eq. 14), the bound (eq. 5), or L_simple + lambda L_vlb
-    hybrid_weight: float = 0.001  # lambda of the hybrid loss (Nichol & Dhariwal sec. 3.1)
+    hybrid_weight: NonNegativeFloat = 0.001  # lambda of the hybrid loss (Nichol & Dhariwal sec. 3.1)
     network: Literal["auto", "unet", "mlp"] = "auto"  # auto: a U-Net for images, an MLP for vectors
-    width: int = 32  # U-Net channels at full resolution
-    channel_mults: tuple[int, ...] = (1, 2, 2)  # U-Net channels per level, in units of width (8x8: 1,2 is used)
-    num_res_blocks: int = 1  # U-Net residual blocks per level
-    attention_below: int = 8  # U-Net self-attention at levels whose side is at most this
-    dropout: float = 0.0  # U-Net dropout in the residual blocks (Ho et al.: 0.1 on CIFAR-10)
-    hidden: tuple[int, ...] = (256, 256, 256)  # MLP hidden widths (vectors)
+    width: PositiveInt = 32  # U-Net channels at full resolution
+    channel_mults: tuple[PositiveInt, ...] = (1, 2, 2)  # U-Net channels per level, in units of width (8x8: 1,2 is used)
+    num_res_blocks: PositiveInt = 1  # U-Net residual blocks per level
+    attention_below: NonNegativeInt = 8  # U-Net self-attention at levels whose side is at most this
+    dropout: Annotated[float, Range(0, 1, high_open=True)] = 0.0  # U-Net dropout in the residual blocks (Ho et al.: 0.1 on CIFAR-10)
+    hidden: tuple[PositiveInt, ...] = (256, 256, 256)  # MLP hidden widths (vectors)
     conditional: bool = False  # class-conditional (labels of the data), trained for classifier-free guidance
-    class_dropout: float = 0.1  # share of labels replaced by the null class in training (Ho & Salimans 2022)
-    guidance: float = 1.0  # guidance scale s: eps_u + s (eps_c - eps_u); 1 is the conditional model, 0 unconditional
+    class_dropout: Fraction = 0.1  # share of labels replaced by the null class in training (Ho & Salimans 2022)
+    guidance: NonNegativeFloat = 1.0  # guidance scale s: eps_u + s (eps_c - eps_u); 1 is the conditional model, 0 unconditional
     sampler: Literal["ddpm", "ddim"] = "ddpm"  # ancestral sampling over all T steps, or DDIM
-    sample_steps: int = 50  # DDIM: number of denoising steps (evenly spaced)
-    eta: float = 0.0  # DDIM: 0 deterministic, 1 the DDPM posterior variance
-    bound_timesteps: int = 0  # terms of the bound evaluated per example: 0 all T (exact sum), k: an unbiased k-term estimate
+    sample_steps: PositiveInt = 50  # DDIM: number of denoising steps (evenly spaced)
+    preview_steps: PositiveInt = 50  # DDIM steps of the pictures drawn during training and in the report
+    eta: NonNegativeFloat = 0.0  # DDIM: 0 deterministic, 1 the DDPM posterior variance
+    bound_timesteps: NonNegativeInt = 0  # terms of the bound evaluated per example: 0 all T (exact sum), k: an unbiased k-term estimate
 
 
 @register
@@ -285,8 +287,6 @@ class DDPM(GenerativeModel):
             raise DgmError("learned variances are trained by the bound: use --set model.loss=hybrid (or vlb)")
         if c.conditional and not spec.num_classes:
             raise DgmError(f"model.conditional needs labelled data, and {spec.name!r} has no labels")
-        if c.timesteps < 2:
-            raise DgmError(f"model.timesteps must be >= 2, got {c.timesteps}")
         self.process = GaussianDiffusion(SCHEDULES[c.schedule](c.timesteps), prediction=c.prediction,
                                          variance=c.variance, clip=spec.levels is not None)
         classes = spec.num_classes if c.conditional else None
@@ -417,8 +417,15 @@ class DDPM(GenerativeModel):
         guidance = c.guidance if guidance is None else guidance
         denoise = self.guided(self.check_condition(condition, n, guidance), guidance)
         x = torch.randn((n, *self.spec.shape), generator=generator, device=self.device)
-        return samplers.run(self.process, denoise, x, sampler, steps=steps or c.sample_steps,
+        steps = steps or min(c.sample_steps, self.process.num_timesteps)  # a default never exceeds T
+        return samplers.run(self.process, denoise, x, sampler, steps=steps,
                             eta=c.eta if eta is None else eta, generator=generator, progress=progress)
+
+    def preview_sample(self, n: int, *, generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+        """DDIM with ``preview_steps`` steps: epoch-end grids and the report cost tens of network
+        calls per image, not all T (a 1000-step chain of 64 images is minutes on a CPU)."""
+        return self.sample(n, generator=generator, sampler="ddim", progress=progress,
+                           steps=min(self.config.preview_steps, self.process.num_timesteps))
 
     def restore(self, known: samplers.KnownView, *, generator: torch.Generator | None = None,
                 sampler: str | None = None, steps: int | None = None, eta: float | None = None,
@@ -430,7 +437,8 @@ class DDPM(GenerativeModel):
         c = self.config
         x = torch.randn((len(known.y), *self.spec.shape), generator=generator, device=self.device)
         return samplers.run(self.process, self.guided(None, 1.0), x, sampler or "ddim",
-                            steps=steps or c.sample_steps, eta=1.0 if eta is None else eta,
+                            steps=steps or min(c.sample_steps, self.process.num_timesteps),
+                            eta=1.0 if eta is None else eta,
                             generator=generator, progress=progress, known=known, resample=resample)
 
 

@@ -37,7 +37,6 @@ Variants as deltas: :class:`InfoGAN` adds latent codes and a mutual-information 
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Literal
 
@@ -49,6 +48,7 @@ from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Phase, Progress, register
 from dgm.nn import MLP
+from dgm.settings import Decay, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, type_hints
 from dgm.nn.adversarial import DCGANDiscriminator, DCGANGenerator, MLPFeatures, pack, spectral_normalize
 
 LossKind = Literal["minimax", "non-saturating", "wasserstein", "least-squares", "hinge"]
@@ -129,23 +129,23 @@ class GANConfig:
 
     loss: LossKind = "non-saturating"  # the game (module docstring)
     network: Literal["auto", "mlp", "dcgan"] = "auto"  # auto: DCGAN for images, MLP for vectors
-    latent_dim: int = 64  # dimension of the noise z ~ N(0, I)
-    hidden: tuple[int, ...] = (128, 128, 128)  # MLP widths of the generator and the critic
-    width: int = 64  # DCGAN channels at full resolution (doubled at each downsampling)
-    critic_steps: int = 1  # k: critic steps per generator step
-    gradient_penalty: float = 0.0  # lambda of the WGAN-GP penalty (0: off; 10 in the paper)
-    r1: float = 0.0  # gamma of the zero-centred penalty gamma/2 E||grad D(x)||^2 on real data (0: off)
-    weight_clip: float | None = None  # WGAN: clip critic weights to [-c, c] after each step (0.01)
+    latent_dim: PositiveInt = 64  # dimension of the noise z ~ N(0, I)
+    hidden: tuple[PositiveInt, ...] = (128, 128, 128)  # MLP widths of the generator and the critic
+    width: PositiveInt = 64  # DCGAN channels at full resolution (doubled at each downsampling)
+    critic_steps: PositiveInt = 1  # k: critic steps per generator step
+    gradient_penalty: NonNegativeFloat = 0.0  # lambda of the WGAN-GP penalty (0: off; 10 in the paper)
+    r1: NonNegativeFloat = 0.0  # gamma of the zero-centred penalty gamma/2 E||grad D(x)||^2 on real data (0: off)
+    weight_clip: PositiveFloat | None = None  # WGAN: clip critic weights to [-c, c] after each step (0.01)
     spectral_norm: bool = False  # spectral normalisation of every critic layer
-    pack: int = 1  # PacGAN: the critic judges packs of this many samples
+    pack: PositiveInt = 1  # PacGAN: the critic judges packs of this many samples
     conditional: Literal["none", "projection", "acgan"] = "none"  # class-conditional critic
-    class_weight: float = 1.0  # AC-GAN: weight of the auxiliary classification loss
-    lr_critic: float | None = None  # Adam rate of the critic (TTUR: set apart); None: 2e-4 DCGAN, 1e-3 MLP
-    lr_generator: float | None = None  # Adam learning rate of the generator; None: the same default
-    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas of both players (DCGAN sec. 4)
-    duality_gap_every: int = 0  # epochs between duality-gap estimates logged in training (0: never)
-    duality_gap_steps: int = 200  # optimiser steps of each worst-case copy
-    duality_gap_lambda: float = 0.1  # proximal duality gap: weight of the critic's proximity term
+    class_weight: NonNegativeFloat = 1.0  # AC-GAN: weight of the auxiliary classification loss
+    lr_critic: PositiveFloat | None = None  # Adam rate of the critic (TTUR: set apart); None: 2e-4 DCGAN, 1e-3 MLP
+    lr_generator: PositiveFloat | None = None  # Adam learning rate of the generator; None: the same default
+    betas: tuple[Decay, Decay] = (0.5, 0.999)  # Adam betas of both players (DCGAN sec. 4)
+    duality_gap_every: NonNegativeInt = 0  # epochs between duality-gap estimates logged in training (0: never)
+    duality_gap_steps: PositiveInt = 200  # optimiser steps of each worst-case copy
+    duality_gap_lambda: NonNegativeFloat = 0.1  # proximal duality gap: weight of the critic's proximity term
 
 
 @register
@@ -196,8 +196,6 @@ class GAN(GenerativeModel):
         if c.conditional != "none" and c.pack > 1:
             raise DgmError("packing (model.pack > 1) judges several samples at once and cannot be combined "
                            "with a class-conditional critic: set model.pack=1")
-        if c.weight_clip is not None and c.weight_clip <= 0:
-            raise DgmError(f"model.weight_clip must be positive (0.01 in the WGAN paper), got {c.weight_clip}")
         if spec.representation == "levels":
             raise DgmError("a GAN generates continuous values and cannot train on integer levels: use "
                            "--set data.representation=signed (the default) or unit")
@@ -402,7 +400,7 @@ def preset(name: str, description: str, base: type[GAN] | None = None, **default
     """Register ``name`` as ``base`` (default :class:`GAN`) with other default settings; every
     setting stays settable with ``--set model.KEY=VALUE``."""
     base = base or GAN
-    hints = typing.get_type_hints(base.Config)
+    hints = type_hints(base.Config)
     class_name = name.title().replace("-", "")
     config = make_dataclass(f"{class_name}Config", [(k, hints[k], field(default=v)) for k, v in defaults.items()],
                             bases=(base.Config,))
@@ -431,9 +429,9 @@ preset("acgan", "class-conditional GAN, auxiliary classifier (Odena et al. 2017)
 class InfoGANConfig(GANConfig):
     """:class:`GANConfig` plus InfoGAN's latent codes."""
 
-    categorical_codes: int = 10  # categories of the one categorical code c_1 (0: none)
-    continuous_codes: int = 2  # continuous codes c_j ~ U[-1, 1]
-    info_weight: float = 1.0  # lambda of the mutual-information term (1 in the paper for discrete codes)
+    categorical_codes: NonNegativeInt = 10  # categories of the one categorical code c_1 (0: none)
+    continuous_codes: NonNegativeInt = 2  # continuous codes c_j ~ U[-1, 1]
+    info_weight: NonNegativeFloat = 1.0  # lambda of the mutual-information term (1 in the paper for discrete codes)
 
 
 @register
@@ -514,9 +512,11 @@ class InfoGAN(GAN):
         nll, bound = self.information_loss(fake_h, draw)
         return aux + self.config.info_weight * nll, {**metrics, "mi_lower_bound": bound}
 
-    def report_figures(self, *, generator: torch.Generator | None = None) -> list[tuple[str, Tensor, int]]:
-        return [(f"Latent traversal: {title}", images, columns) for title, images, columns
-                in self.traversals(generator=generator)]
+    def report_figures(self, *, generator: torch.Generator | None = None) -> list[tuple[str, Tensor, int, str]]:
+        return [(f"Latent traversal: {title}", images, columns,
+                 f"{len(images) // columns} rows of {columns}: each row keeps the noise z and the other codes "
+                 f"fixed and varies {title.split(' (')[0]} along the columns")
+                for title, images, columns in self.traversals(generator=generator)]
 
     def traversals(self, n_rows: int = 8, steps: int = 10, *, generator: torch.Generator | None = None
                    ) -> list[tuple[str, Tensor, int]]:

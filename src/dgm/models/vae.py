@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, register
+from dgm.settings import NonNegativeFloat, NonNegativeInt, PositiveInt
 from dgm.nn import LIKELIHOODS, MLP, ConvDecoder, ConvEncoder, make_likelihood
 
 LOG_2PI = math.log(2 * math.pi)
@@ -41,18 +42,18 @@ LOG_2PI = math.log(2 * math.pi)
 class VAEConfig:
     """Settings of :class:`VAE` (``--set model.KEY=VALUE``)."""
 
-    latent_dim: int = 16  # dimension of z
+    latent_dim: PositiveInt = 16  # dimension of z
     network: Literal["mlp", "conv"] = "mlp"  # encoder/decoder networks (conv: 8x8, 28x28, 32x32 images)
-    hidden: tuple[int, ...] = (512, 256)  # MLP hidden widths of the encoder; the decoder mirrors them
-    width: int = 32  # conv channels at full resolution (doubled at each downsampling)
-    num_res_blocks: int = 1  # residual blocks per resolution of the conv networks
+    hidden: tuple[PositiveInt, ...] = (512, 256)  # MLP hidden widths of the encoder; the decoder mirrors them
+    width: PositiveInt = 32  # conv channels at full resolution (doubled at each downsampling)
+    num_res_blocks: NonNegativeInt = 1  # residual blocks per resolution of the conv networks
     likelihood: Literal["bernoulli", "gaussian", "logistic", "logistic-mixture", "categorical"] = "bernoulli"
     gaussian_scale: Literal["learned", "output"] = "learned"  # gaussian: a free per-dim scale, or decoded
-    mixture_components: int = 5  # logistic-mixture: components per dimension
-    beta: float = 1.0  # weight of the KL term (beta-VAE); 1 is the ELBO
-    kl_warmup_steps: int = 0  # ramp beta linearly from 0 over this many steps (0: no warm-up)
-    free_bits: float = 0.0  # minimum nats of KL counted per latent dimension (0: off)
-    iwae_k: int = 1  # importance samples of the training objective (1: ELBO, >1: IWAE)
+    mixture_components: PositiveInt = 5  # logistic-mixture: components per dimension
+    beta: NonNegativeFloat = 1.0  # weight of the KL term (beta-VAE); 1 is the ELBO
+    kl_warmup_steps: NonNegativeInt = 0  # ramp beta linearly from 0 over this many steps (0: no warm-up)
+    free_bits: NonNegativeFloat = 0.0  # minimum nats of KL counted per latent dimension (0: off)
+    iwae_k: PositiveInt = 1  # importance samples of the training objective (1: ELBO, >1: IWAE)
     sample_mean: bool = True  # sample() returns the decoder mean E[x|z] (the usual picture); False draws x~p(x|z)
 
 

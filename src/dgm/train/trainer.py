@@ -31,6 +31,7 @@ from dgm.data.core import Dataset
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Phase, Progress, capabilities
 from dgm.train import checkpoint as ckpt
+from dgm.settings import Decay, check, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from dgm.train.ema import EMA
 
 
@@ -38,22 +39,22 @@ from dgm.train.ema import EMA
 class TrainConfig:
     """Settings of the training loop (``--set train.KEY=VALUE``)."""
 
-    epochs: int = 10  # passes over the training split
-    batch_size: int = 128  # examples per optimiser step
-    lr: float = 1e-3  # Adam learning rate (a phase may set its own)
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas (a phase may set its own)
-    weight_decay: float = 0.0  # decoupled weight decay (AdamW)
+    epochs: PositiveInt = 10  # passes over the training split
+    batch_size: PositiveInt = 128  # examples per optimiser step
+    lr: PositiveFloat = 1e-3  # Adam learning rate (a phase may set its own)
+    betas: tuple[Decay, Decay] = (0.9, 0.999)  # Adam betas (a phase may set its own)
+    weight_decay: NonNegativeFloat = 0.0  # decoupled weight decay (AdamW)
     schedule: Literal["constant", "cosine"] = "constant"  # learning-rate schedule after warm-up
-    warmup_steps: int = 0  # linear learning-rate warm-up from 0, in optimiser rounds
-    grad_clip: float | None = None  # clip the global gradient norm of each phase to this value
-    ema: float | None = None  # EMA decay of the weights, used to sample (e.g. 0.999); None: the model's default (ddpm 0.999, others none); 0: off
-    seed: int = 0  # seeds weights, data order and all noise: a run is reproducible from config.json
+    warmup_steps: NonNegativeInt = 0  # linear learning-rate warm-up from 0, in optimiser rounds
+    grad_clip: PositiveFloat | None = None  # clip the global gradient norm of each phase to this value
+    ema: Decay | None = None  # EMA decay of the weights, used to sample (e.g. 0.999); None: the model's default (ddpm 0.999, others none); 0: off
+    seed: NonNegativeInt = 0  # seeds weights, data order and all noise: a run is reproducible from config.json
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast of the forward pass (AMX CPUs, GPUs)
-    max_steps_per_epoch: int | None = None  # cut epochs short (quick runs, tests)
-    log_every: int = 10  # optimiser steps between rows of metrics.csv
-    sample_every: int = 1  # epochs between sample grids in samples/ (0: never)
-    num_samples: int = 64  # images in each sample grid
+    max_steps_per_epoch: PositiveInt | None = None  # cut epochs short (quick runs, tests)
+    log_every: PositiveInt = 10  # optimiser steps between rows of metrics.csv
+    sample_every: NonNegativeInt = 1  # epochs between sample grids in samples/ (0: never)
+    num_samples: PositiveInt = 64  # images in each sample grid
     progress: bool = True  # show a progress bar with the live loss
 
 
@@ -105,7 +106,7 @@ class Trainer:
 
     def __init__(self, model: GenerativeModel, data: Dataset, config: TrainConfig, *,
                  run_dir: str | Path | None = None, callbacks: Sequence[Callback] = ()) -> None:
-        self.config = config
+        self.config = check(config, "train")
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.data = data.to(self.device)
@@ -317,7 +318,7 @@ class Trainer:
         pos.batch = 0
         self.save_checkpoint()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def save_sample_grid(self, path: Path) -> None:
         from dgm.report.images import sample_picture, save
 
@@ -325,7 +326,7 @@ class Trainer:
         reference = self.data.tensors(2000).x if not self.data.spec.is_image else None
         save(sample_picture(x, self.data.spec, reference), path)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluation_samples(self, n: int, *, seed: int) -> Tensor:
         """``n`` samples drawn with ``seed`` from the weights used for sampling (EMA when kept), in
         eval mode, leaving the training noise stream as it was (for sample grids and monitors)."""
@@ -333,7 +334,7 @@ class Trainer:
         rng = torch.get_rng_state()
         with self.evaluation_weights() as model:
             model.eval()
-            x = model.sample(n, generator=generator)
+            x = model.preview_sample(n, generator=generator)
             model.train()
         torch.set_rng_state(rng)
         return x
