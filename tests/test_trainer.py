@@ -89,7 +89,7 @@ def test_phase_epochs_switch_stages():
 def vae_trainer(run_dir, data=None, epochs=3, **train):
     from dgm.models import create
 
-    data = data or image_dataset(n=200, representation="binary-dynamic")
+    data = data if data is not None else image_dataset(n=200, representation="binary-dynamic")
     torch.manual_seed(0)
     model = create("vae", data.spec, latent_dim=4, hidden=(32,), likelihood="bernoulli")
     config = TrainConfig(epochs=epochs, batch_size=32, progress=False, log_every=2, ema=0.9,
@@ -143,7 +143,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         return out
 
     trainer.model.loss = nan_in_second_epoch
-    with pytest.raises(TrainingDiverged, match=r"nan at step 7 .*last good checkpoint \(epoch 1\)"):
+    with pytest.raises(TrainingDiverged, match=r"nan at step 7 .*last good checkpoint \(epoch 1, step 6\)"):
         trainer.fit()
     state = ckpt.load_json(tmp_path / ckpt.TRAINER_STATE)
     assert state["epoch"] == 1 and state["step"] == 6
@@ -151,7 +151,47 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_gradient_clipping_ema_and_cosine_schedule(tmp_path):
+def record_gradients(trainer):
+    """Per optimiser step: the raw gradients that backward left (before any clipping) and the ones the
+    optimiser steps with, read by hooks (the trainer is not touched)."""
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    raw, stepped = {}, []
+
+    def keep_raw(p):
+        raw[p] = p.grad.detach().clone()
+
+    def at_step(optimizer, args, kwargs):
+        live = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        stepped.append([(raw.pop(p), p.grad.detach().clone()) for p in live])
+
+    for p in params:
+        p.register_post_accumulate_grad_hook(keep_raw)
+    for optimizer in trainer.optimizers.values():
+        optimizer.register_step_pre_hook(at_step)
+    return stepped
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e6])
+def test_gradient_clipping_scales_the_global_norm_to_grad_clip(tmp_path, clip):
+    trainer = vae_trainer(None, epochs=1, grad_clip=clip)
+    steps = record_gradients(trainer)
+    trainer.fit()
+    assert len(steps) == trainer.total_steps
+    for pairs in steps:
+        raw_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(r) for r, _ in pairs]))
+        clipped_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for _, g in pairs]))
+        # clip_grad_norm_ by hand: g * min(1, clip / (||g|| + 1e-6)) over all the phase's gradients
+        scale = min(1.0, clip / (raw_norm.item() + 1e-6))
+        if clip == 1e-3:
+            assert raw_norm > 10 * clip  # the case under test: clipping must act
+            assert clipped_norm.item() == pytest.approx(clip, rel=1e-4)
+        else:
+            assert scale == 1.0 and torch.equal(clipped_norm, raw_norm)
+        for r, g in pairs:
+            torch.testing.assert_close(g, r * scale, rtol=1e-5, atol=1e-12)
+
+
+def test_ema_and_cosine_schedule(tmp_path):
     trainer = vae_trainer(tmp_path, epochs=2, grad_clip=1e-3, schedule="cosine", warmup_steps=2)
     assert trainer.lr_factor(0) == pytest.approx(0.5)
     assert trainer.lr_factor(trainer.total_steps) == pytest.approx(0.0, abs=1e-9)
@@ -165,6 +205,38 @@ def test_gradient_clipping_ema_and_cosine_schedule(tmp_path):
     assert 0 < ema_gap < own_gap
 
 
+def test_a_crash_while_saving_leaves_one_whole_checkpoint(tmp_path, monkeypatch):
+    """The files of a checkpoint are replaced together: a crash before the swap keeps the old set, a
+    crash during it is finished by the next resume; new weights never meet an old position."""
+    trainer = vae_trainer(tmp_path, epochs=1)
+    trainer.fit()
+    names = [ckpt.WEIGHTS, ckpt.EMA_WEIGHTS, ckpt.TRAINER_TENSORS, ckpt.TRAINER_STATE]
+    old = {name: (tmp_path / name).read_bytes() for name in names}
+    trainer.position.step = 99
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    atomic_write = ckpt.atomic_write
+    monkeypatch.setattr(ckpt, "atomic_write", crash)  # dies before the staged files are listed
+    with pytest.raises(OSError):
+        trainer.save_checkpoint()
+    assert {name: (tmp_path / name).read_bytes() for name in names} == old
+    monkeypatch.setattr(ckpt, "atomic_write", atomic_write)
+    monkeypatch.setattr(ckpt, "complete_pending", lambda run_dir: None)  # dies once they are listed
+    trainer.save_checkpoint()
+    assert {name: (tmp_path / name).read_bytes() for name in names} == old and (tmp_path / ckpt.PENDING).exists()
+    monkeypatch.undo()
+    resumed = vae_trainer(tmp_path, epochs=1)
+    resumed.load_checkpoint()
+    assert resumed.position.step == 99 and not (tmp_path / ckpt.PENDING).exists()
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
 def test_corrupt_and_foreign_checkpoints_give_clear_errors(tmp_path):
     trainer = vae_trainer(tmp_path, epochs=1)
     trainer.fit()
@@ -176,9 +248,35 @@ def test_corrupt_and_foreign_checkpoints_give_clear_errors(tmp_path):
         ckpt.load_state_dict_checked(other, trainer.model.state_dict(), tmp_path / ckpt.WEIGHTS)
 
 
-def test_too_small_dataset_is_a_clear_error():
-    with pytest.raises(DgmError, match="fewer than one batch"):
-        vae_trainer(None, data=image_dataset(n=10, representation="binary-dynamic"))
+def test_a_split_smaller_than_a_batch_trains_on_whole_split_batches(capsys):
+    trainer = vae_trainer(None, data=image_dataset(n=10, representation="binary-dynamic"), epochs=2)
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "10 examples, fewer than a batch of 32: training on batches of 10" in note
+    assert trainer.config.batch_size == 10 and trainer.steps_per_epoch == 1
+    sizes = []
+    original_loss = trainer.model.loss
+    trainer.model.loss = lambda batch, *a: sizes.append(len(batch.x)) or original_loss(batch, *a)
+    trainer.fit()
+    assert sizes == [10, 10]
+    assert capsys.readouterr().err == ""  # said once, not per epoch
+    empty = image_dataset(n=10, representation="binary-dynamic").subset(0)
+    with pytest.raises(DgmError, match="empty"):
+        vae_trainer(None, data=empty)
+
+
+def test_checkpoints_on_a_time_interval_inside_epochs(tmp_path):
+    """checkpoint_minutes: a checkpoint mid-epoch once that much time passed since the last one (and at
+    every epoch end); 0 saves at epoch ends only. The clock is read, never waited on."""
+    for minutes, expected in [(1.0, [(0, 3, 3), (1, 0, 6), (1, 3, 9), (2, 0, 12)]),
+                              (0.0, [(1, 0, 6), (2, 0, 12)])]:
+        trainer = vae_trainer(tmp_path / str(minutes), epochs=2, checkpoint_minutes=minutes)
+        trainer.clock = lambda: 25.0 * trainer.position.step  # 25 s per step: 60 s pass every 3rd step
+        saves = []
+        save = trainer.save_checkpoint
+        trainer.save_checkpoint = lambda: saves.append(
+            (trainer.position.epoch, trainer.position.batch, trainer.position.step)) or save()
+        trainer.fit()
+        assert saves == expected, minutes
 
 
 def test_ema_warms_up_so_a_short_run_forgets_its_initial_weights():
@@ -198,3 +296,92 @@ def test_ema_warms_up_so_a_short_run_forgets_its_initial_weights():
     assert ema.shadow["weight"].item() == pytest.approx(expected, rel=1e-6)
     assert expected > 1.0  # without the warm-up it would still be 0.999^20 = 98% the initial 0
     assert ema.decay_at(10 ** 6) == 0.999
+
+
+# --- runs through the CLI: resume, config.json and the checkpoint agree -----------------------------
+RUN = ["--data", "digits", "--set", "data.max_examples=192", "--batch-size", "32", "--set", "model.hidden=32",
+       "--set", "model.latent_dim=4", "--set", "train.log_every=2", "--set", "train.checkpoint_minutes=1", "--quiet"]
+RUN_FILES = ["config.json", "metrics.csv", "report.html", ckpt.TRAINER_STATE, ckpt.WEIGHTS, ckpt.TRAINER_TENSORS]
+
+
+def cli(*argv):
+    from dgm.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def assert_same_weights(a, b):
+    wa, wb = ckpt.load_tensors(a / ckpt.WEIGHTS), ckpt.load_tensors(b / ckpt.WEIGHTS)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def test_resume_from_a_mid_epoch_checkpoint_after_a_hard_kill_continues_the_same_curve(tmp_path, monkeypatch):
+    """Run A trains 3 epochs (6 steps each). Run B writes a time-interval checkpoint at step 7 (epoch 2,
+    batch 1), logs rows at steps 8 and 10, and dies at step 11 with an error that saves nothing (as a
+    killed process); resumed, it must give A's metrics.csv exactly and A's weights bit for bit."""
+    from dgm.models.vae import VAE
+    from dgm.train.trainer import Trainer
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli("train", "vae", *RUN, "--epochs", 3, "--out", a) == 0
+
+    calls = {"n": 0}
+    original_loss = VAE.loss
+
+    def loss_then_die(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise RuntimeError("killed")
+        return original_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(VAE, "loss", loss_then_die)
+    # the clock jumps by an hour once the 7th step has run: exactly one mid-epoch checkpoint, after step 7
+    monkeypatch.setattr(Trainer, "clock", staticmethod(lambda: 3600.0 * (calls["n"] >= 7)))
+    with pytest.raises(RuntimeError, match="killed"):
+        cli("train", "vae", *RUN, "--epochs", 3, "--out", b)
+    state = ckpt.load_json(b / ckpt.TRAINER_STATE)
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 1, 7)
+    assert [r["step"] for r in read_csv(b / "metrics.csv")][-2:] == [8, 10]  # logged after the checkpoint
+
+    monkeypatch.undo()
+    resumed = {"n": 0}
+    monkeypatch.setattr(VAE, "loss", lambda self, *a, **k: resumed.__setitem__("n", resumed["n"] + 1)
+                        or original_loss(self, *a, **k))
+    assert cli("train", "--resume", b, "--quiet") == 0
+    assert resumed["n"] == 18 - 7  # it went on from step 7, not from the epoch's start
+    assert (b / "metrics.csv").read_text() == (a / "metrics.csv").read_text()
+    assert (b / "config.json").read_text() == (a / "config.json").read_text()
+    assert_same_weights(a, b)
+
+
+def test_resume_to_epochs_already_trained_says_so_and_leaves_the_run_untouched(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli("train", "vae", *RUN, "--epochs", 2, "--out", run) == 0
+    before = {name: (run / name).read_bytes() for name in RUN_FILES}
+    capsys.readouterr()
+    for argv in (["--epochs", 2], ["--epochs", 1], []):
+        assert cli("train", "--resume", run, *argv) == 2
+        err = capsys.readouterr().err
+        assert err == f"dgm: error: {run} has already trained 2 epochs; pass --epochs above 2 to train further\n"
+    assert cli("train", "--resume", run, "--epochs", 3, "--set", "train.lr=0.1") == 2
+    assert "drop --set (only --epochs and --quiet go with --resume)" in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in RUN_FILES} == before
+
+
+def test_a_resumed_run_keeps_its_rows_and_config_json_follows_the_checkpoint(tmp_path):
+    """2 epochs, then --resume --epochs 3: the first rows are kept as they were, config.json states
+    the new target, and the whole is the same run as 3 epochs straight."""
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    assert cli("train", "vae", *RUN, "--epochs", 2, "--out", run) == 0
+    first = read_csv(run / "metrics.csv")
+    assert cli("train", "--resume", run, "--epochs", 3, "--quiet") == 0
+    rows = read_csv(run / "metrics.csv")
+    assert rows[:len(first)] == first and rows[-1]["step"] == 18
+    config = ckpt.load_json(run / "config.json")
+    assert config["train"]["epochs"] == 3 == ckpt.load_json(run / ckpt.TRAINER_STATE)["epoch"]
+    assert "Training curves" in (run / "report.html").read_text()
+    assert cli("train", "vae", *RUN, "--epochs", 3, "--out", straight) == 0
+    assert (run / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+    assert_same_weights(run, straight)

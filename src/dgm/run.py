@@ -6,6 +6,7 @@ from it and the safetensors weights beside it, so a run is reproducible from its
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -120,12 +121,35 @@ def build_model(config: RunConfig, spec: DataSpec) -> GenerativeModel:
     return cls(make_config(cls, config.model_config), spec)
 
 
+#: Set to 1 to run every documented command at a tiny size (the README's commands are tested so):
+#: 2 steps per epoch, 256 training examples, 16 images per sample grid (the epochs stay, so
+#: resuming to more epochs works as written). The capped values land in config.json, so a tiny
+#: run says what it was.
+TINY = "DGM_TINY"
+
+
+def tiny() -> bool:
+    return os.environ.get(TINY, "") not in ("", "0")
+
+
+def cap_to_tiny(config: RunConfig) -> None:
+    """Shrink ``config`` in place to the tiny settings of :data:`TINY`."""
+    t, d = config.train, config.data
+    t.max_steps_per_epoch = min(t.max_steps_per_epoch or 2, 2)
+    t.num_samples = min(t.num_samples, 16)
+    d.max_examples = min(d.max_examples or 256, 256)
+
+
 def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[GenerativeModel, Path]:
     """Train the run described by ``config`` into the folder ``out`` (or resume the run there).
 
     Returns the trained model (carrying its EMA weights if EMA was kept) and the run directory.
     """
     out = Path(out)
+    if tiny():
+        cap_to_tiny(config)
+    if resume:  # before anything is written: a run with nothing left to train stays as it is
+        check_resumable(out, config.train.epochs)
     device = resolve_device(config.train.device)
     data = load_data(config, "train", device=device)
     model = build_model(config, data.spec)
@@ -137,12 +161,28 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[
         if (out / ckpt.TRAINER_STATE).exists():
             raise DgmError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
-    ckpt.save_json(config.to_json(data.spec), out / ckpt.CONFIG)
     trainer = Trainer(model, data, config.train, run_dir=out, callbacks=monitors(model, data))
+    # config.json describes the run as trained: the target epochs, the batch size actually used (the
+    # trainer caps it at the size of a small split)
+    config.train = trainer.config
+    ckpt.save_json(config.to_json(data.spec), out / ckpt.CONFIG)
     trainer.fit(resume=resume)
     if trainer.ema is not None:
         model.load_state_dict(trainer.ema.shadow)
     return model.eval(), out
+
+
+def check_resumable(run_dir: Path, epochs: int) -> None:
+    """Refuse to resume ``run_dir`` to ``epochs`` epochs when it has no checkpoint, or has already
+    trained that many (one line that says what to pass)."""
+    ckpt.complete_pending(run_dir)
+    if not (run_dir / ckpt.TRAINER_STATE).exists():
+        raise DgmError(f"{run_dir} holds no checkpoint to resume (the run stopped before it saved one): "
+                       f"train it anew with --out {run_dir}")
+    done = ckpt.load_json(run_dir / ckpt.TRAINER_STATE)["epoch"]
+    if epochs <= done:
+        raise DgmError(f"{run_dir} has already trained {done} epoch{'' if done == 1 else 's'}; "
+                       f"pass --epochs above {done} to train further")
 
 
 def monitors(model: GenerativeModel, data: Dataset) -> list[Any]:

@@ -63,8 +63,9 @@ def conv_downsamplings(height: int, width: int) -> int:
     if height % 2 == 0 and width % 2 == 0 and 4 <= min(height, width) and max(height, width) < 16:
         return 1
     raise DgmError(
-        f"image size {height}x{width} is not supported by the conv networks: use 8x8, 28x28, 32x32 "
-        "(or sides divisible by 4 and >= 16); resize with --set data.size=32 or use network=mlp"
+        f"image size {height}x{width} is not supported by the conv networks: they take even sides from 4 "
+        "to 14 (e.g. 8x8, 12x12) or sides divisible by 4 from 16 (e.g. 20x20, 28x28, 32x32); resize with "
+        "--set data.size=32 or use --set model.network=mlp"
     )
 
 

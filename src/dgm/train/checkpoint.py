@@ -8,7 +8,9 @@ A run directory holds
   run (epoch, batch), so an interrupted run resumes on the same loss curve.
 
 Files are written to a temporary name and renamed, so a crash mid-write never replaces the last good
-checkpoint with a broken one.
+checkpoint with a broken one; the files of one checkpoint are replaced together
+(:func:`save_checkpoint`), so a crash between two of them never pairs new weights with an old
+position.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ WEIGHTS = "weights.safetensors"
 EMA_WEIGHTS = "ema.safetensors"
 TRAINER_TENSORS = "trainer.safetensors"
 TRAINER_STATE = "trainer.json"
+PENDING = "checkpoint.pending"  # present only while the files of a checkpoint are being swapped in
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -51,6 +54,38 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, Te
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise DgmError(f"cannot read {path}: the file is corrupt or not a safetensors file ({e})") from None
+
+
+def save_checkpoint(run_dir: Path, tensor_files: dict[str, dict[str, Tensor]], state: Any) -> None:
+    """Replace the checkpoint in ``run_dir`` (the safetensors files ``tensor_files`` and the JSON
+    ``state`` in ``trainer.json``) as one: every file is first written in full under a temporary
+    name, then :data:`PENDING` lists them, then they are renamed into place and the list removed. A
+    crash before the list leaves the old checkpoint untouched; a crash after it is finished by
+    :func:`complete_pending` on the next resume."""
+    names = [*tensor_files, TRAINER_STATE]
+    for name, tensors in tensor_files.items():
+        plain = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
+        save_file(plain, str(_staged(run_dir / name)))
+    _staged(run_dir / TRAINER_STATE).write_text(json.dumps(state, indent=2, default=str))
+    atomic_write(run_dir / PENDING, lambda tmp: tmp.write_text(json.dumps(names)))
+    complete_pending(run_dir)
+
+
+def complete_pending(run_dir: Path) -> None:
+    """Finish swapping in a checkpoint that :func:`save_checkpoint` had fully written when the
+    process stopped (a no-op when none is pending)."""
+    pending = run_dir / PENDING
+    if not pending.exists():
+        return
+    for name in json.loads(pending.read_text()):
+        staged = _staged(run_dir / name)
+        if staged.exists():  # not yet renamed when the process stopped
+            os.replace(staged, run_dir / name)
+    pending.unlink()
+
+
+def _staged(path: Path) -> Path:
+    return path.with_name(path.name + ".next")
 
 
 def save_json(obj: Any, path: Path) -> None:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import csv
 import math
 import signal
+import sys
 import threading
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -55,6 +57,7 @@ class TrainConfig:
     log_every: PositiveInt = 10  # optimiser steps between rows of metrics.csv
     sample_every: NonNegativeInt = 1  # epochs between sample grids in samples/ (0: never)
     num_samples: PositiveInt = 64  # images in each sample grid
+    checkpoint_minutes: NonNegativeFloat = 5.0  # minutes between checkpoints inside long epochs (0: only at epoch ends)
     progress: bool = True  # show a progress bar with the live loss
 
 
@@ -114,9 +117,13 @@ class Trainer:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.callbacks = list(callbacks) + list(model.callbacks())
-        if len(self.data) < config.batch_size:
-            raise DgmError(f"the training split has {len(self.data)} examples, fewer than one batch of "
-                           f"{config.batch_size}: lower --batch-size")
+        if len(self.data) == 0:
+            raise DgmError(f"the training split of {data.spec.name!r} is empty: give the data at least one example")
+        if len(self.data) < self.config.batch_size:  # a small folder trains on the whole split per step
+            note(f"the training split has {len(self.data)} examples, fewer than a batch of "
+                 f"{self.config.batch_size}: training on batches of {len(self.data)}")
+            self.config = replace(self.config, batch_size=len(self.data))
+        config = self.config
         torch.manual_seed(config.seed)  # noise the model draws in training comes from here
         self.phases: list[Phase] = model.phases()
         self.optimizers = {p.name: torch.optim.AdamW(
@@ -127,6 +134,10 @@ class Trainer:
         self.position = _Position()
         self._log_sums: dict[str, float] = {}
         self._log_count = 0
+        self._saved_at = self.clock()  # when the last checkpoint was written (clock seconds)
+
+    #: seconds on a monotonic clock, read once per step for time-interval checkpoints (tests replace it)
+    clock: Callable[[], float] = staticmethod(time.monotonic)
 
     # --- schedule ---------------------------------------------------------------------------------
     @property
@@ -162,6 +173,7 @@ class Trainer:
         """
         if resume:
             self.load_checkpoint()
+        self._saved_at = self.clock()
         c, pos = self.config, self.position
         bar = None
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16")
@@ -193,6 +205,8 @@ class Trainer:
                         bar.set_postfix_str(f"{phase.name} loss {out.loss.item():.4g}", refresh=False)
                     if pos.step % c.log_every == 0:
                         self._log_row()
+                    if pos.batch < self.steps_per_epoch and self._checkpoint_due():
+                        self.save_checkpoint()  # inside a long epoch; the epoch's end saves anyway
                     if self.stop_requested:
                         raise KeyboardInterrupt
                 if bar is not None:
@@ -243,12 +257,18 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, self.position.step)
 
+    def _checkpoint_due(self) -> bool:
+        minutes = self.config.checkpoint_minutes
+        return self.run_dir is not None and minutes > 0 and self.clock() - self._saved_at >= 60 * minutes
+
     def _check_finite(self, loss: Tensor, phase: Phase) -> None:
         if torch.isfinite(loss).item():
             return
         pos = self.position
-        kept = (f"the last good checkpoint (epoch {pos.epoch}) is kept in {self.run_dir}"
-                if self.run_dir and (self.run_dir / ckpt.WEIGHTS).exists() else "no checkpoint was written yet")
+        kept = "no checkpoint was written yet"
+        if self.run_dir and (self.run_dir / ckpt.TRAINER_STATE).exists():  # perhaps mid-epoch, perhaps older
+            saved = ckpt.load_json(self.run_dir / ckpt.TRAINER_STATE)
+            kept = f"the last good checkpoint (epoch {saved['epoch']}, step {saved['step']}) is kept in {self.run_dir}"
         raise TrainingDiverged(
             f"the {phase.name} loss became {loss.item()} at step {pos.step} (epoch {pos.epoch + 1}); {kept}: "
             f"lower --set train.lr, set --set train.grad_clip=1.0, or try --set train.precision=fp32")
@@ -322,19 +342,19 @@ class Trainer:
     def save_sample_grid(self, path: Path) -> None:
         from dgm.report.images import sample_picture, save
 
-        x = self.evaluation_samples(self.config.num_samples, seed=self.config.seed)
+        x = self.evaluation_samples(self.config.num_samples, seed=self.config.seed, progress=self.config.progress)
         reference = self.data.tensors(2000).x if not self.data.spec.is_image else None
         save(sample_picture(x, self.data.spec, reference), path)
 
     @torch.inference_mode()
-    def evaluation_samples(self, n: int, *, seed: int) -> Tensor:
+    def evaluation_samples(self, n: int, *, seed: int, progress: bool = False) -> Tensor:
         """``n`` samples drawn with ``seed`` from the weights used for sampling (EMA when kept), in
         eval mode, leaving the training noise stream as it was (for sample grids and monitors)."""
         generator = torch.Generator(device=self.device).manual_seed(seed)
         rng = torch.get_rng_state()
         with self.evaluation_weights() as model:
             model.eval()
-            x = model.preview_sample(n, generator=generator)
+            x = model.preview_sample(n, generator=generator, progress=progress)
             model.train()
         torch.set_rng_state(rng)
         return x
@@ -353,6 +373,8 @@ class Trainer:
         pos = self.position
         tensors: dict[str, Tensor] = {"rng/torch": torch.get_rng_state(),
                                       "rng/data": self.data_rng.get_state()}
+        if self.device.type == "cuda":  # the model's noise on a GPU comes from the device's generator
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         if pos.data_rng is not None:
             tensors["rng/data_epoch_start"] = pos.data_rng
         optim_meta = {}
@@ -360,17 +382,18 @@ class Trainer:
             t, meta = ckpt.flatten_optimizer(name, optimizer.state_dict())
             tensors.update(t)
             optim_meta[name] = meta
-        # tensors first, the JSON that points at them last: a crash in between leaves the old JSON
-        ckpt.save_tensors(self.model.state_dict(), self.run_dir / ckpt.WEIGHTS)
+        files: dict[str, dict[str, Tensor]] = {ckpt.WEIGHTS: self.model.state_dict(), ckpt.TRAINER_TENSORS: tensors}
         if self.ema is not None:
-            ckpt.save_tensors(self.ema.shadow, self.run_dir / ckpt.EMA_WEIGHTS)
-        ckpt.save_tensors(tensors, self.run_dir / ckpt.TRAINER_TENSORS)
-        ckpt.save_json({"epoch": pos.epoch, "batch": pos.batch, "step": pos.step,
-                        "optimizers": optim_meta, "log_sums": self._log_sums, "config": asdict(self.config)},
-                       self.run_dir / ckpt.TRAINER_STATE)
+            files[ckpt.EMA_WEIGHTS] = self.ema.shadow
+        state = {"epoch": pos.epoch, "batch": pos.batch, "step": pos.step,
+                 "optimizers": optim_meta, "log_sums": self._log_sums, "config": asdict(self.config)}
+        # all files or none: a crash while saving leaves the previous checkpoint whole
+        ckpt.save_checkpoint(self.run_dir, files, state)
+        self._saved_at = self.clock()
 
     def load_checkpoint(self) -> None:
         assert self.run_dir is not None, "resuming needs a run directory"
+        ckpt.complete_pending(self.run_dir)
         state = ckpt.load_json(self.run_dir / ckpt.TRAINER_STATE)
         tensors = ckpt.load_tensors(self.run_dir / ckpt.TRAINER_TENSORS)
         ckpt.load_state_dict_checked(self.model, ckpt.load_tensors(self.run_dir / ckpt.WEIGHTS, self.device),
@@ -383,6 +406,8 @@ class Trainer:
                                f"it was written by another model")
             optimizer.load_state_dict(ckpt.unflatten_optimizer(name, tensors, state["optimizers"][name]))
         torch.set_rng_state(tensors["rng/torch"])
+        if self.device.type == "cuda" and "rng/cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
         self.data_rng.set_state(tensors["rng/data"])
         pos = self.position
         pos.epoch, pos.batch, pos.step = state["epoch"], state["batch"], state["step"]
@@ -392,6 +417,14 @@ class Trainer:
         pos.history = [r for r in read_csv(self.run_dir / "metrics.csv") if r["step"] <= pos.step]
         if pos.history:
             write_csv(self.run_dir / "metrics.csv", pos.history)
+
+
+def note(message: str) -> None:
+    """Tell the user something worth knowing that is not an error (one line on stderr, between
+    progress bars)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"dgm: note: {message}", file=sys.stderr)
 
 
 def append_csv(path: Path, rows: list[dict[str, float]]) -> None:
@@ -421,8 +454,17 @@ def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
+    """The rows of a metrics CSV, as written (integers such as the step stay integers, so a resumed
+    run rewrites its earlier rows unchanged)."""
     if not path.exists():
         return []
     with path.open(newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+        return [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def _number(text: str) -> float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
