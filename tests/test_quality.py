@@ -177,3 +177,72 @@ def test_compare_table_marks_missing_metrics_and_bounds(tmp_path, capsys):
     assert "bound (IWAE k=1000)" in out
     assert (tmp_path / "p.png").exists() and "nll [nats]" in (tmp_path / "t.csv").read_text()
     assert main(["compare", str(tmp_path / "nothing-*")]) == 2
+
+
+# --- what a long evaluation says before and while it runs ---------------------------------------------
+def slow_metric(seconds_per_probe: float):
+    """A metric whose work is 2400 probes of 8 examples, each taking ``seconds_per_probe``."""
+    import time
+
+    from dgm.eval.core import Metric, Plan, Result, Work
+
+    def plan(model, ctx):
+        return Plan("a slow pass over the data", [Work("slow pass", 8 * 2400, lambda n: time.sleep(seconds_per_probe))],
+                    "--max-examples N")
+
+    def compute(model, ctx):
+        n = sum(len(x) for x in ctx.batches(4, desc="the slow pass"))
+        return [Result("slow", float(n))]
+
+    return Metric("slow", (), (), compute, "a slow test metric", default=False, plan=plan)
+
+
+def test_a_slow_metric_is_announced_with_an_estimate_and_a_progress_bar(monkeypatch, capsys):
+    from dgm.eval.core import METRICS
+
+    monkeypatch.setitem(METRICS, "slow", slow_metric(0.05))
+    test = dgm.data.load("digits", "test").subset(12)
+    capsys.readouterr()
+    assert dgm.evaluate(Replay(test), test, ["slow"], progress=True)[0].value == 12
+    err = capsys.readouterr().err
+    # 2400 x 0.05 s = 120 s: the estimate, then the advice on making it cheaper, on one line
+    assert "dgm: slow: a slow pass over the data: about 2 min (cheaper: --max-examples N)\n" in err, err
+    assert "the slow pass:   0%|" in err and "0/3" in err  # the bar over 12 examples in batches of 4
+    assert dgm.evaluate(Replay(test), test, ["slow"], progress=False)[0].value == 12
+    assert capsys.readouterr().err == ""
+
+
+def test_estimates_and_progress_bars_of_the_builtin_metrics_leave_the_results_unchanged(capsys):
+    from tests.conftest import image_dataset
+
+    train = image_dataset(n=64, representation="binary-dynamic")
+    test = image_dataset(n=40, representation="binary-dynamic", seed=1, train=False)
+    vae = dgm.create("vae", test.spec, latent_dim=2, hidden=(16,))
+    metrics = ["nll", "elbo", "fid", "is", "memorization"]
+    loud = dgm.evaluate(vae, test, metrics, train=train, k=4, num_samples=50, progress=True)
+    err = capsys.readouterr().err
+    quiet = dgm.evaluate(vae, test, metrics, train=train, k=4, num_samples=50, progress=False)
+    assert capsys.readouterr().err == ""
+    assert [r.value for r in loud] == [r.value for r in quiet]  # the timing probes draw their own noise
+    for line in ["dgm: nll: IWAE bound, k=4, on 40 examples: ", "dgm: elbo: ELBO, 1 sample, on 40 examples: ",
+                 "dgm: fid: 50 samples and their digits-net features vs test data: ",
+                 "dgm: memorization: 50 samples and their digits-net features vs train and test data, then their "
+                 "nearest training neighbours: "]:
+        assert line in err, err
+    assert "shares the samples, sample features of the metrics above" in err  # is: counted once, with fid
+    for bar in ["IWAE k=4", "sampling 50", "features of samples (digits-net)", "features of test data (digits-net)",
+                "features of train data (digits-net)", "nearest neighbours of samples"]:
+        assert bar in err, bar
+
+
+def test_the_duality_gap_shows_progress_only_when_asked(capsys):
+    from dgm.eval.duality import duality_gap
+    from tests.conftest import vector_dataset
+
+    data = vector_dataset(n=64)
+    gan = dgm.create("gan", data.spec, hidden=(8,), latent_dim=2)
+    duality_gap(gan, data, steps=4, inner_steps=2, batch_size=16, eval_size=32, progress=False)
+    assert capsys.readouterr().err == ""
+    duality_gap(gan, data, steps=4, inner_steps=2, batch_size=16, eval_size=32, progress=True)
+    err = capsys.readouterr().err
+    assert "duality gap:   0%|" in err and "0/18" in err  # 4 + 4 + 2 x (2 + 1) + 2 x 2 optimiser steps

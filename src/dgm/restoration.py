@@ -59,15 +59,36 @@ def to_model_values(im: Image.Image, channels: int, spec: DataSpec) -> Tensor:
     return torch.from_numpy(2 * levels / (spec.levels - 1) - 1).float()[None]
 
 
-def known_view(task: str, spec: DataSpec, input_path: str | Path, mask_path: str | Path | None = None,
+def picture_of(task: str, image: Tensor) -> Image.Image:
+    """What a user would give for ``task`` when restoring the image ``(C, H, W)`` of 0..255 values (a test
+    example, ``--input test:K``): the image itself to inpaint, its 2x block means to super-resolve,
+    its grey version to colorize."""
+    x = image.float()
+    if task == "super-resolution":
+        x = torch.nn.functional.avg_pool2d(x[None], 2)[0]
+    elif task == "colorize":
+        x = x.mean(0, keepdim=True)
+    a = x.round().clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0))
+
+
+def centre_mask(height: int, width: int) -> Tensor:
+    """``(1, 1, H, W)``, true outside the central square of half the side (kept), false inside."""
+    keep = torch.ones(1, 1, height, width, dtype=torch.bool)
+    keep[..., height // 4:height // 4 + height // 2, width // 4:width // 4 + width // 2] = False
+    return keep
+
+
+def known_view(task: str, spec: DataSpec, input_path: str | Path | Image.Image, mask_path: str | Path | None = None,
                *, copies: int = 1) -> KnownView:
-    """The known view for ``task`` from the user's files, repeated ``copies`` times (candidates)."""
+    """The known view for ``task`` from the user's files (or a picture), repeated ``copies`` times
+    (candidates); ``mask_path="centre"`` generates the central square."""
     if task not in TASKS:
         raise DgmError(f"unknown restoration task {task!r}: use one of {', '.join(TASKS)}")
     if not spec.is_image or spec.levels is None:
         raise DgmError(f"restoration is for images, and this model was trained on {spec.name!r} {spec.shape}")
     channels, height, width = spec.shape
-    im = read_picture(input_path)
+    im = input_path if isinstance(input_path, Image.Image) else read_picture(input_path)
     size = f"{im.width}x{im.height}"
     if task == "colorize":
         if channels != 3:
@@ -93,7 +114,10 @@ def known_view(task: str, spec: DataSpec, input_path: str | Path, mask_path: str
         raise DgmError(f"{input_path} is {size}, the model makes {width}x{height} images: give a "
                        f"{width}x{height} picture")
     if mask_path is None:
-        raise DgmError("inpaint needs --mask: a picture of the image's size, white where pixels are to be generated")
+        raise DgmError("inpaint needs --mask: a picture of the image's size, white where pixels are to be "
+                       "generated, or 'centre'")
+    if str(mask_path) == "centre":
+        return Inpaint(x.repeat(copies, 1, 1, 1), centre_mask(height, width).expand(copies, 1, height, width))
     mask_im = read_picture(mask_path)
     if mask_im.size != im.size:
         raise DgmError(f"the mask {mask_path} is {mask_im.width}x{mask_im.height}, the image is {size}: "
@@ -108,8 +132,7 @@ def examples(x: Tensor, spec: DataSpec) -> list[tuple[str, KnownView]]:
     """Restoration tasks on test images ``x`` for the report: the central square (half the side)
     to inpaint, a 2x super-resolution, and, for colour images, colorization."""
     _, h, w = spec.shape
-    keep = torch.ones(1, 1, h, w, dtype=torch.bool, device=x.device)
-    keep[..., h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2] = False
+    keep = centre_mask(h, w).to(x.device)
     tasks: list[tuple[str, KnownView]] = [("inpainting (the central square generated)", Inpaint(x, keep.expand(len(x), -1, -1, -1)))]
     if h % 2 == 0 and w % 2 == 0:
         tasks.append(("2x super-resolution", SuperResolution(torch.nn.functional.avg_pool2d(x, 2), 2)))
@@ -131,7 +154,7 @@ def restore_to_picture(model, view: KnownView, out: str | Path, *, seed: int = 0
     from dgm.report import images
 
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+    with torch.inference_mode():
         restored = model.restore(view, generator=generator, progress=progress, **options)
     given = shown(view, restored.shape[1])[:1].cpu()
     picture = images.grid(to_unit(torch.cat([given, restored.cpu()]), model.spec), nrow=len(restored) + 1,

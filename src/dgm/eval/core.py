@@ -1,9 +1,11 @@
 """The metric registry and :func:`evaluate`."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -11,6 +13,19 @@ from torch import Tensor
 from dgm.data.core import DataSpec, Dataset
 from dgm.errors import DgmError, unknown_name
 from dgm.models.base import GenerativeModel, capabilities
+
+
+T = TypeVar("T")
+
+
+def progress_bar(iterable: Iterable[T], *, enabled: bool, total: int | None = None, desc: str = "",
+                 unit: str = "batch") -> Iterable[T]:
+    """``iterable`` with a tqdm progress bar on stderr (cleared when done) when ``enabled``, else as it is."""
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, unit=unit, dynamic_ncols=True)
 
 
 @dataclass
@@ -66,11 +81,7 @@ class EvalContext:
         size = batch_size or self.batch_size
         total = self.data.num_batches(size)
         iterator = self.data.batches(size, generator=torch.Generator().manual_seed(0))
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(iterator, total=total, desc=desc, leave=False, unit="batch")
-        for batch in iterator:
+        for batch in progress_bar(iterator, enabled=self.progress, total=total, desc=desc):
             yield batch.x
 
     def once(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -78,6 +89,29 @@ class EvalContext:
         if key not in self.shared:
             self.shared[key] = compute()
         return self.shared[key]
+
+
+@dataclass
+class Work:
+    """A piece of a metric's work, for the estimate :func:`evaluate` prints before it starts:
+    ``units`` pieces in all (examples, samples), of which ``probe(n)`` does ``n``; the probe is
+    timed on ``min(probe_units, units)`` pieces and the time scaled up. Metrics that share work (the
+    samples of FID, KID, IS, ...) name it by the same ``key``: it is timed and counted once."""
+
+    key: str
+    units: int
+    probe: Callable[[int], object]
+    probe_units: int = 8
+
+
+@dataclass
+class Plan:
+    """What a metric will compute (``"diffusion VLB, all 1000 terms, on 10000 examples"``), the work
+    that takes the time, and how to make it cheaper (``"--max-examples N"``)."""
+
+    what: str
+    work: list[Work] = field(default_factory=list)
+    cheaper: str = ""
 
 
 @dataclass
@@ -89,6 +123,7 @@ class Metric:
     description: str
     default: bool = True  # part of the metrics 'dgm eval' computes when none are named
     data: Callable[[DataSpec], str | None] | None = None  # why the data does not suit it, or None
+    plan: Callable[[GenerativeModel, EvalContext], Plan] | None = None  # for the estimate; None: untimed
 
     def unsuitable(self, spec: DataSpec | None) -> str | None:
         return self.data(spec) if self.data is not None and spec is not None else None
@@ -102,17 +137,20 @@ LIKELIHOOD_CAPABILITIES = {"log_prob", "elbo", "iwae_bound"}
 
 def metric(name: str, *, requires: Sequence[str] = (), requires_any: Sequence[str] = (),
            description: str, default: bool = True,
-           data: Callable[[DataSpec], str | None] | None = None) -> Callable:
+           data: Callable[[DataSpec], str | None] | None = None,
+           plan: Callable[[GenerativeModel, EvalContext], Plan] | None = None) -> Callable:
     """Decorator registering ``compute(model, ctx) -> list[Result]`` as metric ``name``.
 
     Args:
         requires: capabilities the model must have; ``requires_any``: at least one of these.
         default: computed by ``dgm eval`` when no metrics are named.
         data: returns why a data spec does not suit the metric (e.g. no known modes), or None.
+        plan: returns what the metric will compute and the work to time for the estimate that
+            :func:`evaluate` prints first (with ``progress``).
     """
 
     def wrap(fn: Callable[[GenerativeModel, EvalContext], list[Result]]) -> Callable:
-        METRICS[name] = Metric(name, tuple(requires), tuple(requires_any), fn, description, default, data)
+        METRICS[name] = Metric(name, tuple(requires), tuple(requires_any), fn, description, default, data, plan)
         return fn
 
     return wrap
@@ -125,7 +163,63 @@ def supported(model: GenerativeModel, spec: DataSpec | None = None) -> list[str]
             and (not m.requires_any or have & set(m.requires_any)) and m.unsuitable(spec) is None]
 
 
-@torch.no_grad()
+def duration(seconds: float) -> str:
+    """``"about 4 h"``, ``"about 3 min"``, ``"about 20 s"``, ``"under a second"``."""
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+#: an estimate above this many seconds comes with the plan's advice on making it cheaper
+LONG_SECONDS = 60.0
+
+
+def announce(model: GenerativeModel, names: Sequence[str], ctx: EvalContext) -> None:
+    """Print one line per metric (stderr): what it will compute and roughly how long that takes,
+    from timing each piece of work on a first small batch. The probes draw their own random numbers
+    and share nothing with the evaluation: its results do not depend on whether this ran."""
+    from tqdm.auto import tqdm
+
+    ctx = replace(ctx, shared={})
+    timed: dict[str, float] = {}
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(ctx.seed + 1)
+        for name in names:
+            m = METRICS[name]
+            if m.plan is None:
+                tqdm.write(f"dgm: {name}: {m.description}", file=sys.stderr)
+                continue
+            try:
+                plan = m.plan(model, ctx)
+            except DgmError:  # the evaluation itself says why
+                continue
+            seconds, shared = 0.0, []
+            for work in plan.work:
+                if work.key in timed:
+                    shared.append(work.key)
+                    continue
+                n = min(work.probe_units, work.units)
+                start = time.perf_counter()
+                if n:
+                    try:
+                        work.probe(n)
+                    except DgmError:  # the evaluation itself says why
+                        break
+                timed[work.key] = (time.perf_counter() - start) * work.units / max(n, 1)
+                seconds += timed[work.key]
+            line = f"dgm: {name}: {plan.what}: {duration(seconds)}"
+            if shared:
+                line += f" (shares the {', '.join(shared)} of the metrics above)"
+            if seconds > LONG_SECONDS and plan.cheaper:
+                line += f" (cheaper: {plan.cheaper})"
+            tqdm.write(line, file=sys.stderr)
+
+
+@torch.inference_mode()
 def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | None = None, *,
              train: Dataset | None = None, k: int = 1000, batch_size: int = 256, num_samples: int = 10000,
              feature_net: str | None = None, inception_weights: str | None = None,
@@ -143,6 +237,8 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
         feature_net: ``fmnist-net``, ``digits-net`` or ``inception`` (default: by image size).
         inception_weights: the pt_inception-2015-12-05 weights file (or $DGM_INCEPTION_WEIGHTS).
         seed: seeds all Monte Carlo noise and sampling, so results are reproducible.
+        progress: first print what each metric will compute and roughly how long it will take
+            (timed on a first batch), then show a progress bar for every long phase.
 
     Example:
         >>> results = dgm.evaluate(model, test, ["nll", "posterior_collapse"], k=1000)
@@ -173,11 +269,20 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
                       progress=progress)
     was_training = model.training
     model.eval()
+    if progress:
+        announce(model, names, ctx)
     results: list[Result] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name in names:
-            results.extend(METRICS[name].compute(model, ctx))
+            try:
+                results.extend(METRICS[name].compute(model, ctx))
+            except DgmError as e:
+                if metrics:  # a metric the user named must run
+                    raise
+                # of the defaults, one that cannot run here (no feature network for this image size,
+                # one class for a probe) is left out with a note: the others still run
+                print(f"dgm: note: {name} left out: {e}", file=sys.stderr)
     model.train(was_training)
     return results
 

@@ -61,7 +61,8 @@ def critic_distance(critic: Any, reference: Any, batch: Batch) -> Tensor:
 
 
 def duality_gap(model: Any, data: Dataset, *, steps: int = 200, inner_steps: int = 5, lam: float = 0.1,
-                batch_size: int = 256, eval_size: int = 2048, perturb: float = 1e-3, seed: int = 0) -> DualityGap:
+                batch_size: int = 256, eval_size: int = 2048, perturb: float = 1e-3, seed: int = 0,
+                progress: bool = False) -> DualityGap:
     """Estimate the duality gap and the proximal duality gap of an adversarial model.
 
     Args:
@@ -75,9 +76,19 @@ def duality_gap(model: Any, data: Dataset, *, steps: int = 200, inner_steps: int
         perturb: standard deviation of the noise added to each copy's parameters first.
         seed: seeds the evaluation set, the batches and the perturbations; the caller's random
             state is left as it was.
+        progress: show a progress bar over the optimiser steps of the worst-case copies.
     """
     from dgm.models.base import Progress
     from dgm.models.gan import CRITIC, GENERATOR
+
+    rounds = max(1, steps // inner_steps)
+    # M1 and M2 (steps each), M2^l (rounds of inner_steps + 1), two proximal values (inner_steps each)
+    total_steps = 2 * steps + rounds * (inner_steps + 1) + 2 * inner_steps
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, desc="duality gap", unit="step", leave=False, dynamic_ncols=True)
 
     was_training = model.training
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
@@ -95,7 +106,7 @@ def duality_gap(model: Any, data: Dataset, *, steps: int = 200, inner_steps: int
 
         def value(player: Any) -> float:
             player.eval()
-            with torch.no_grad():
+            with torch.inference_mode():
                 out = float(player.game_value(eval_batch, eval_draw))
             player.train()
             return out
@@ -119,6 +130,8 @@ def duality_gap(model: Any, data: Dataset, *, steps: int = 200, inner_steps: int
                 optimizer.step()
                 if phase.after_step is not None:
                     phase.after_step()
+                if bar is not None:
+                    bar.update()
                 if every and (i % every == 0 or i == n):
                     values.append(value(player))
             player.zero_grad(set_to_none=True)
@@ -157,7 +170,7 @@ def duality_gap(model: Any, data: Dataset, *, steps: int = 200, inner_steps: int
         m2 = min([base, *train(generator, GENERATOR, steps, checkpoints=10)])
         # M2^l: a copy of the generator trained against proximal critics, each adapted afresh from D
         prox = copy_of(GENERATOR)
-        for _ in range(max(1, steps // inner_steps)):
+        for _ in range(rounds):
             reset_critic(prox)
             train(prox, CRITIC, inner_steps, proximal=True)
             train(prox, GENERATOR, 1)
@@ -167,13 +180,21 @@ def duality_gap(model: Any, data: Dataset, *, steps: int = 200, inner_steps: int
         m1 = max(m1, adapted_vs_g)
         m2 = min(m2, prox_at_d)
         m2_proximal = min(prox_value, g_value)
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     return DualityGap(base, m1, m2, m2_proximal)
 
 
 class DualityGapMonitor:
     """Trainer callback: estimates the plain and proximal duality gaps every ``every`` epochs and
-    logs them (``dg/plain``, ``dg/proximal``) in metrics.csv; the report plots them."""
+    logs them (``dg/plain``, ``dg/proximal``) in metrics.csv; the report plots them, described by
+    :attr:`logs`. A progress bar shows the estimation when the trainer shows progress."""
+
+    #: what the monitor logs, for the report's caption
+    logs = {"dg/plain": "the duality gap DG (Grnarova et al. 2019), 0 at an equilibrium",
+            "dg/proximal": "the proximal duality gap DG^l (Sidheekh et al. 2021), 0 at a proximal equilibrium",
+            "dg/value": "the game value M(G, D) of the players"}
 
     def __init__(self, *, every: int = 1, steps: int = 200, lam: float = 0.1) -> None:
         self.every, self.steps, self.lam = every, steps, lam
@@ -182,5 +203,6 @@ class DualityGapMonitor:
         if (epoch + 1) % self.every:
             return None
         gap = duality_gap(trainer.model, trainer.data, steps=self.steps, lam=self.lam,
-                          batch_size=trainer.config.batch_size, seed=trainer.config.seed + epoch)
+                          batch_size=trainer.config.batch_size, seed=trainer.config.seed + epoch,
+                          progress=trainer.config.progress)
         return {"dg/plain": gap.plain, "dg/proximal": gap.proximal, "dg/value": gap.value}

@@ -90,13 +90,17 @@ class FeatureExtractor:
         self.net = net.eval()
         self.in_shape = in_shape  # None: any size (the network resizes)
 
+    @torch.inference_mode()
+    def __call__(self, images: Tensor, batch_size: int = 500, *, progress: bool = False,
+                 desc: str = "features") -> tuple[Tensor, Tensor]:
+        """Features ``(N, F)`` float64 and class probabilities ``(N, K)`` of images ``(N, C, H, W)`` in
+        [0, 1], with a progress bar over the batches when ``progress``."""
+        from dgm.eval.core import progress_bar
 
-    @torch.no_grad()
-    def __call__(self, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
-        """Features ``(N, F)`` float64 and class probabilities ``(N, K)`` of images ``(N, C, H, W)`` in [0, 1]."""
         device = next(self.net.parameters()).device
         feats, probs = [], []
-        for lo in range(0, len(images), batch_size):
+        starts = range(0, len(images), batch_size)
+        for lo in progress_bar(starts, enabled=progress, total=len(starts), desc=f"{desc} ({self.name})"):
             x = images[lo:lo + batch_size].to(device).float()
             f, logits = self._forward(x)
             feats.append(f.double().cpu())
@@ -176,11 +180,18 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "dgm" / "features"
 
 
-def cached_features(extractor: FeatureExtractor, images: Tensor, key: str) -> tuple[Tensor, Tensor]:
-    """Features and probabilities of ``images``, cached on disk under ``key`` plus the network's
-    fingerprint and a hash of the images themselves (a changed split is never served stale)."""
+def cache_path(extractor: FeatureExtractor, images: Tensor, key: str) -> Path:
+    """Where the features of ``images`` are cached: ``key`` plus the network's fingerprint and a
+    hash of the images themselves (a changed split is never served stale)."""
     digest = hashlib.sha256(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
-    path = cache_dir() / f"{extractor.name}-{extractor.fingerprint}-{key}-{digest}.safetensors"
+    return cache_dir() / f"{extractor.name}-{extractor.fingerprint}-{key}-{digest}.safetensors"
+
+
+def cached_features(extractor: FeatureExtractor, images: Tensor, key: str, *, progress: bool = False,
+                    desc: str = "features") -> tuple[Tensor, Tensor]:
+    """Features and probabilities of ``images``, cached on disk (see :func:`cache_path`); computed
+    with a progress bar when ``progress``."""
+    path = cache_path(extractor, images, key)
     if path.exists():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -190,7 +201,7 @@ def cached_features(extractor: FeatureExtractor, images: Tensor, key: str) -> tu
             return stored["features"], stored["probs"]
         except (SafetensorError, OSError, KeyError):
             pass  # a damaged cache file is recomputed and replaced
-    features, probs = extractor(images)
+    features, probs = extractor(images, progress=progress, desc=desc)
     from dgm.train.checkpoint import save_tensors
 
     path.parent.mkdir(parents=True, exist_ok=True)

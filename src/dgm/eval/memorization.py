@@ -21,15 +21,18 @@ from dgm.eval.fidelity import ArrayLike, as_features, squared_distances
 QUANTILES = (0.01, 0.05, 0.25, 0.5)
 
 
-def nearest_neighbours(queries: ArrayLike, reference: ArrayLike, *,
-                       batch_size: int = 4096) -> tuple[Tensor, Tensor]:
+def nearest_neighbours(queries: ArrayLike, reference: ArrayLike, *, batch_size: int = 4096,
+                       progress: bool = False, desc: str = "nearest neighbours") -> tuple[Tensor, Tensor]:
     """For each row of ``queries (N, F)``, the Euclidean distance to its nearest row of
     ``reference (M, F)`` and that row's index: ``(distance (N,) float64, index (N,) int64)``.
 
     Exhaustive search in float64, ``batch_size`` queries at a time (memory ``batch_size x M x 8``
     bytes); both sets are centred on the reference mean first, so the matrix-product expansion of
-    the distances does not lose precision far from the origin.
+    the distances does not lose precision far from the origin. ``progress`` shows a bar over the
+    batches.
     """
+    from dgm.eval.core import progress_bar
+
     q, ref = as_features(queries, "queries"), as_features(reference, "reference")
     if q.shape[1] != ref.shape[1]:
         raise DgmError(f"queries have {q.shape[1]} features, the reference {ref.shape[1]}: use the same "
@@ -38,7 +41,8 @@ def nearest_neighbours(queries: ArrayLike, reference: ArrayLike, *,
         raise DgmError("the reference set is empty: nearest neighbours need at least one reference example")
     centre = ref.mean(0)
     dists, index = [], []
-    for start in range(0, len(q), batch_size):
+    starts = range(0, len(q), batch_size)
+    for start in progress_bar(starts, enabled=progress, total=len(starts), desc=desc):
         sq = squared_distances(q[start:start + batch_size], ref, centre)
         d, i = sq.min(1)
         dists.append(d.sqrt())
@@ -49,7 +53,7 @@ def nearest_neighbours(queries: ArrayLike, reference: ArrayLike, *,
 
 
 def memorization_summary(sample_features: ArrayLike, train_features: ArrayLike,
-                         test_features: ArrayLike) -> dict[str, Any]:
+                         test_features: ArrayLike, *, progress: bool = False) -> dict[str, Any]:
     """Nearest-training-neighbour distances of model samples against those of held-out test data.
 
     Returns a dict with:
@@ -66,7 +70,8 @@ def memorization_summary(sample_features: ArrayLike, train_features: ArrayLike,
         ``n_samples``, ``n_train``, ``n_test``.
 
     The test set is the yardstick: use a test split of the same distribution and a size similar to
-    the number of samples (the 1st percentile of a few hundred distances is noisy).
+    the number of samples (the 1st percentile of a few hundred distances is noisy). ``progress``
+    shows a bar over the nearest-neighbour searches.
     """
     samples = as_features(sample_features, "sample features")
     train = as_features(train_features, "train features")
@@ -77,8 +82,8 @@ def memorization_summary(sample_features: ArrayLike, train_features: ArrayLike,
     for name, x in (("samples", samples), ("test examples", test)):
         if len(x) == 0:
             raise DgmError(f"no {name} given: the memorization summary needs samples and test examples")
-    d_sample, _ = nearest_neighbours(samples, train)
-    d_test, _ = nearest_neighbours(test, train)
+    d_sample, _ = nearest_neighbours(samples, train, progress=progress, desc="nearest neighbours of samples")
+    d_test, _ = nearest_neighbours(test, train, progress=progress, desc="nearest neighbours of test data")
     qs = torch.tensor(QUANTILES, dtype=torch.float64)
     q_sample, q_test = torch.quantile(d_sample, qs), torch.quantile(d_test, qs)
     keys = [f"{round(100 * q)}%" for q in QUANTILES]

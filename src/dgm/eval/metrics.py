@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor
 
-from dgm.eval.core import EvalContext, Result, metric
+from dgm.eval.core import EvalContext, Plan, Result, Work, metric
 from dgm.eval.likelihood import bits_per_dim
 from dgm.models.base import GenerativeModel, capabilities
 
@@ -30,11 +30,45 @@ def likelihood_results(name: str, log_px: Tensor, qualifier: str, model: Generat
 def iwae_log_px(model: GenerativeModel, ctx: EvalContext, k: int) -> Tensor:
     chunk = min(k, 500)
     batch = max(1, IWAE_SAMPLES_PER_PASS // chunk)
-    return torch.cat([model.iwae_bound(x, k, chunk=chunk) for x in ctx.batches(batch, f"IWAE k={k}")])
+    return ctx.once(f"iwae-{k}", lambda: torch.cat([model.iwae_bound(x, k, chunk=chunk)
+                                                    for x in ctx.batches(batch, f"IWAE k={k}")]))
+
+
+def elbo_log_px(model: GenerativeModel, ctx: EvalContext) -> Tensor:
+    """The ELBO of every example, computed once per evaluation (``nll`` of a model without a tighter
+    bound and ``elbo`` share it: for a diffusion model it is T network calls per example)."""
+    return ctx.once("elbo", lambda: torch.cat([model.elbo(x) for x in ctx.batches(desc=model.elbo_description)]))
+
+
+def first_examples(ctx: EvalContext, n: int) -> Tensor:
+    return ctx.data.tensors(min(n, len(ctx.data))).x
+
+
+# --- what each likelihood will cost (the estimate dgm eval prints first) ---------------------------
+def log_prob_work(model: GenerativeModel, ctx: EvalContext) -> Work:
+    return Work("exact log-likelihoods", len(ctx.data), lambda n: model.log_prob(first_examples(ctx, n)))
+
+
+def iwae_work(model: GenerativeModel, ctx: EvalContext) -> Work:
+    return Work(f"IWAE k={ctx.k} bounds", len(ctx.data),
+                lambda n: model.iwae_bound(first_examples(ctx, n), ctx.k, chunk=min(ctx.k, 500)))
+
+
+def elbo_work(model: GenerativeModel, ctx: EvalContext) -> Work:
+    return Work("ELBO", len(ctx.data), lambda n: model.elbo(first_examples(ctx, n)))
+
+
+def nll_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
+    have, n = capabilities(model), len(ctx.data)
+    if "log_prob" in have:
+        return Plan(f"exact log-likelihood on {n} examples", [log_prob_work(model, ctx)], "--max-examples N")
+    if "iwae_bound" in have:
+        return Plan(f"IWAE bound, k={ctx.k}, on {n} examples", [iwae_work(model, ctx)], "--max-examples N or --k K")
+    return Plan(f"{model.elbo_description}, on {n} examples", [elbo_work(model, ctx)], "--max-examples N")
 
 
 @metric("nll", requires_any=("log_prob", "iwae_bound", "elbo"), description="negative log-likelihood in nats and bits/dim: exact where the "
-        "model has it, else the tightest bound it has (IWAE k, then ELBO)")
+        "model has it, else the tightest bound it has (IWAE k, then ELBO)", plan=nll_plan)
 def nll(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     have = capabilities(model)
     if "log_prob" in have:
@@ -42,19 +76,20 @@ def nll(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
         return likelihood_results("nll", log_px, "exact", model, ctx)
     if "iwae_bound" in have:
         return likelihood_results("nll", iwae_log_px(model, ctx, ctx.k), f"bound (IWAE k={ctx.k})", model, ctx)
-    log_px = torch.cat([model.elbo(x) for x in ctx.batches(desc=model.elbo_description)])
-    return likelihood_results("nll", log_px, f"bound ({model.elbo_description})", model, ctx)
+    return likelihood_results("nll", elbo_log_px(model, ctx), f"bound ({model.elbo_description})", model, ctx)
 
 
 @metric("elbo", requires=("elbo",), description="negative ELBO (VAEs: one-sample Monte Carlo, analytic KL; "
-        "diffusion: the variational bound)")
+        "diffusion: the variational bound)",
+        plan=lambda model, ctx: Plan(f"{model.elbo_description}, on {len(ctx.data)} examples",
+                                     [elbo_work(model, ctx)], "--max-examples N"))
 def elbo(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
-    log_px = torch.cat([model.elbo(x) for x in ctx.batches(desc=model.elbo_description)])
-    return likelihood_results("neg_elbo", log_px, f"bound ({model.elbo_description})", model, ctx)
+    return likelihood_results("neg_elbo", elbo_log_px(model, ctx), f"bound ({model.elbo_description})", model, ctx)
 
 
 @metric("iwae", requires=("iwae_bound",), description="negative IWAE bound with k importance samples",
-        default=False)
+        default=False, plan=lambda model, ctx: Plan(f"IWAE bound, k={ctx.k}, on {len(ctx.data)} examples",
+                                                    [iwae_work(model, ctx)], "--max-examples N or --k K"))
 def iwae(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     return likelihood_results("neg_iwae", iwae_log_px(model, ctx, ctx.k), f"bound (IWAE k={ctx.k})", model, ctx)
 
@@ -70,8 +105,18 @@ def active_units(means: Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> tup
     return int((activity > threshold).sum()), activity
 
 
+def posterior_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
+    def probe(n: int) -> None:
+        x = first_examples(ctx, n)
+        model.kl_per_dim(x)
+        model.encode(x)
+
+    return Plan(f"KL per latent dimension and posterior means of {len(ctx.data)} examples",
+                [Work("posterior", len(ctx.data), probe)], "--max-examples N")
+
+
 @metric("posterior_collapse", requires=("kl_per_dim", "encode"),
-        description="KL per latent dimension and active units (Burda et al. 2016)")
+        description="KL per latent dimension and active units (Burda et al. 2016)", plan=posterior_plan)
 def posterior_collapse(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     kl_rows, means = [], []
     for x in ctx.batches(desc="posterior"):

@@ -7,13 +7,15 @@ Samples, their features and the reference features of the data are computed once
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from dgm.data.core import DataSpec, Dataset, to_unit
 from dgm.errors import DgmError
-from dgm.eval.core import EvalContext, Result, metric
-from dgm.eval.features import FeatureExtractor, cached_features, feature_extractor
+from dgm.eval.core import EvalContext, Plan, Result, Work, metric, progress_bar
+from dgm.eval.features import FeatureExtractor, cache_path, cached_features, feature_extractor
 from dgm.eval.fidelity import GaussianStats, frechet_distance, inception_score, kid, precision_recall
 from dgm.models.base import GenerativeModel
 
@@ -27,7 +29,9 @@ def samples(model: GenerativeModel, ctx: EvalContext) -> Tensor:
     def draw() -> Tensor:
         generator = torch.Generator(device=model.device).manual_seed(ctx.seed)
         out = []
-        for lo in range(0, ctx.num_samples, SAMPLE_BATCH):
+        starts = range(0, ctx.num_samples, SAMPLE_BATCH)
+        bar = progress_bar(starts, enabled=ctx.progress, total=len(starts), desc=f"sampling {ctx.num_samples}")
+        for lo in bar:
             out.append(model.sample(min(SAMPLE_BATCH, ctx.num_samples - lo), generator=generator).cpu())
         return torch.cat(out)
 
@@ -47,16 +51,21 @@ def split_images(ctx: EvalContext, split: str) -> Tensor:
     return ctx.once(f"images-{split}", lambda: to_unit(data.tensors().x, data.spec).cpu())
 
 
+def cache_key(data: Dataset) -> str:
+    return f"{data.spec.name.replace('/', '_').replace(':', '_')}-{'train' if data.train else 'test'}-" \
+           f"{data.spec.representation}"
+
+
 def real_features(model: GenerativeModel, ctx: EvalContext, split: str = "test") -> tuple[Tensor, Tensor]:
     data = ctx.data if split == "test" else require_train(ctx)
-    key = f"{data.spec.name.replace('/', '_').replace(':', '_')}-{'train' if data.train else 'test'}-" \
-          f"{data.spec.representation}"
     return ctx.once(f"real-{split}",
-                    lambda: cached_features(extractor(model, ctx), split_images(ctx, split), key))
+                    lambda: cached_features(extractor(model, ctx), split_images(ctx, split), cache_key(data),
+                                            progress=ctx.progress, desc=f"features of {split} data"))
 
 
 def sample_features(model: GenerativeModel, ctx: EvalContext) -> tuple[Tensor, Tensor]:
-    return ctx.once("fake", lambda: extractor(model, ctx)(to_unit(samples(model, ctx), model.spec)))
+    return ctx.once("fake", lambda: extractor(model, ctx)(to_unit(samples(model, ctx), model.spec),
+                                                           progress=ctx.progress, desc="features of samples"))
 
 
 def require_train(ctx: EvalContext) -> Dataset:
@@ -81,8 +90,38 @@ def versus(model: GenerativeModel, ctx: EvalContext) -> str:
     return f"{extractor(model, ctx).name}, {ctx.num_samples} samples vs {ctx.split}"
 
 
+# --- what the metrics will cost (the estimate dgm eval prints first) -------------------------------
+def sampling_work(model: GenerativeModel, ctx: EvalContext) -> Work:
+    generator = torch.Generator(device=model.device).manual_seed(ctx.seed + 1)
+    return Work("samples", ctx.num_samples, lambda n: model.sample(n, generator=generator))
+
+
+def feature_work(model: GenerativeModel, ctx: EvalContext, split: str | None) -> Work:
+    """Features of the samples (``split`` None) or of a split's images (no work when cached on disk)."""
+    net = extractor(model, ctx)
+    if split is None:
+        images = ctx.data.tensors(8).x
+        return Work("sample features", ctx.num_samples, lambda n: net(to_unit(images[:n], model.spec)), 8)
+    data = ctx.data if split == "test" else require_train(ctx)
+    images = split_images(ctx, split)
+    units = 0 if cache_path(net, images, cache_key(data)).exists() else len(images)
+    return Work(f"{split} features", units, lambda n: net(images[:n]), 8)
+
+
+def sample_quality_plan(splits: tuple[str, ...], then: str = "") -> Callable[[GenerativeModel, EvalContext], Plan]:
+    """The plan of a metric of samples and their features against the features of ``splits``."""
+    def plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
+        work = [sampling_work(model, ctx), feature_work(model, ctx, None)]
+        work += [feature_work(model, ctx, split) for split in splits]
+        against = f" vs {' and '.join(splits)} data" if splits else ""
+        what = f"{ctx.num_samples} samples and their {extractor(model, ctx).name} features{against}{then}"
+        return Plan(what, work, "--num-samples N")
+
+    return plan
+
+
 # --- metrics ------------------------------------------------------------------------------------
-@metric("fid", requires=("sample",), data=needs_images,
+@metric("fid", requires=("sample",), data=needs_images, plan=sample_quality_plan(("test",)),
         description="Frechet distance of feature Gaussians, samples vs the evaluation split (Heusel et al. 2017)")
 def fid(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     real, _ = real_features(model, ctx)
@@ -91,7 +130,7 @@ def fid(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     return [Result("fid", value, "", f"FID[{versus(model, ctx)}]", ctx.split)]
 
 
-@metric("kid", requires=("sample",), data=needs_images,
+@metric("kid", requires=("sample",), data=needs_images, plan=sample_quality_plan(("test",)),
         description="kernel inception distance, unbiased MMD^2 with a cubic kernel (Binkowski et al. 2018)")
 def kernel_inception_distance(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     real, _ = real_features(model, ctx)
@@ -101,7 +140,7 @@ def kernel_inception_distance(model: GenerativeModel, ctx: EvalContext) -> list[
     return [Result("kid", mean, "", f"KID[{versus(model, ctx)}, 100 subsets of {size}]", ctx.split, {"std": std})]
 
 
-@metric("is", requires=("sample",), data=needs_images,
+@metric("is", requires=("sample",), data=needs_images, plan=sample_quality_plan(()),
         description="inception score exp(E KL(p(y|x) || p(y))), 10 splits (Salimans et al. 2016)")
 def inception_score_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     _, probs = sample_features(model, ctx)
@@ -113,6 +152,7 @@ def inception_score_metric(model: GenerativeModel, ctx: EvalContext) -> list[Res
 
 
 @metric("precision_recall", requires=("sample",), data=needs_images,
+        plan=sample_quality_plan(("test",)),
         description="improved precision and recall, k=3 (Kynkaanniemi et al. 2019)")
 def precision_and_recall(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     real, _ = real_features(model, ctx)
@@ -123,6 +163,8 @@ def precision_and_recall(model: GenerativeModel, ctx: EvalContext) -> list[Resul
 
 
 @metric("mode_coverage", requires=("sample",), data=needs_modes,
+        plan=lambda model, ctx: Plan(f"{ctx.num_samples} samples, nearest modes of {min(ctx.num_samples, 2500)}",
+                                     [sampling_work(model, ctx)], "--num-samples N"),
         description="modes captured, % high-quality samples, reverse KL to uniform (VEEGAN / PacGAN protocol)")
 def mode_coverage_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     from dgm.eval.toys import mode_coverage
@@ -138,37 +180,63 @@ def mode_coverage_metric(model: GenerativeModel, ctx: EvalContext) -> list[Resul
             Result("reverse_kl", out["reverse_kl"], "nats", f"KL(sample mode histogram || uniform); {what}", ctx.split)]
 
 
-def latent_means(model: GenerativeModel, data: Dataset, limit: int = 20000) -> tuple[Tensor, Tensor]:
+#: examples of a split whose codes the probes use
+PROBE_EXAMPLES = 20000
+
+
+def latent_means(model: GenerativeModel, data: Dataset, limit: int = PROBE_EXAMPLES, *,
+                 progress: bool = False) -> tuple[Tensor, Tensor]:
     data = data.subset(min(limit, len(data)))
     batch = data.tensors()
-    codes = torch.cat([model.encode(batch.x[i:i + 500]).flatten(1).double().cpu() for i in range(0, len(data), 500)])
+    starts = range(0, len(data), 500)
+    bar = progress_bar(starts, enabled=progress, total=len(starts),
+                       desc=f"codes of {'train' if data.train else 'test'} data")
+    codes = torch.cat([model.encode(batch.x[i:i + 500]).flatten(1).double().cpu() for i in bar])
     return codes, batch.y.cpu()
 
 
-@metric("linear_probe", requires=("encode",), data=needs_labels,
+def codes(model: GenerativeModel, ctx: EvalContext, split: str) -> tuple[Tensor, Tensor]:
+    data = ctx.data if split == "test" else require_train(ctx)
+    return ctx.once(f"codes-{split}", lambda: latent_means(model, data, progress=ctx.progress))
+
+
+def probe_plan(classifier: str) -> Callable[[GenerativeModel, EvalContext], Plan]:
+    def plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
+        work = []
+        for split in ("train", "test"):
+            data = ctx.data if split == "test" else require_train(ctx)
+            x = data.tensors(8).x
+            work.append(Work(f"{split} codes", min(PROBE_EXAMPLES, len(data)), lambda n, x=x: model.encode(x[:n])))
+        return Plan(f"codes of {work[0].units} train and {work[1].units} test examples, then {classifier}", work)
+
+    return plan
+
+
+@metric("linear_probe", requires=("encode",), data=needs_labels, plan=probe_plan("logistic regression"),
         description="test accuracy of logistic regression on the latent means (representation quality)")
 def linear_probe_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     from dgm.eval.probes import linear_probe
 
-    train_z, train_y = ctx.once("codes-train", lambda: latent_means(model, require_train(ctx)))
-    test_z, test_y = ctx.once("codes-test", lambda: latent_means(model, ctx.data))
+    train_z, train_y = codes(model, ctx, "train")
+    test_z, test_y = codes(model, ctx, "test")
     accuracy = linear_probe(train_z, train_y, test_z, test_y, seed=ctx.seed)
     return [Result("linear_probe", 100 * accuracy, "%", f"logistic regression on E[z|x], {len(train_z)} train codes",
                    ctx.split)]
 
 
-@metric("knn", requires=("encode",), data=needs_labels,
+@metric("knn", requires=("encode",), data=needs_labels, plan=probe_plan("5-NN"),
         description="test accuracy of 5-nearest-neighbours on the latent means")
 def knn_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     from dgm.eval.probes import knn_accuracy
 
-    train_z, train_y = ctx.once("codes-train", lambda: latent_means(model, require_train(ctx)))
-    test_z, test_y = ctx.once("codes-test", lambda: latent_means(model, ctx.data))
+    train_z, train_y = codes(model, ctx, "train")
+    test_z, test_y = codes(model, ctx, "test")
     accuracy = knn_accuracy(train_z, train_y, test_z, test_y, k=5)
     return [Result("knn", 100 * accuracy, "%", f"5-NN on E[z|x], {len(train_z)} train codes", ctx.split)]
 
 
 @metric("memorization", requires=("sample",), data=needs_images, default=False,
+        plan=sample_quality_plan(("train", "test"), ", then their nearest training neighbours"),
         description="nearest-training-neighbour distances of samples vs of test examples, in feature space")
 def memorization(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     from dgm.eval.memorization import memorization_summary, nearest_neighbours
@@ -176,7 +244,7 @@ def memorization(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
 
     train, test = real_features(model, ctx, "train")[0], real_features(model, ctx)[0]
     fake, _ = sample_features(model, ctx)
-    summary = memorization_summary(fake, train, test)
+    summary = memorization_summary(fake, train, test, progress=ctx.progress)
     # a picture for the report: 16 samples (top) above their nearest training images (bottom)
     _, index = nearest_neighbours(fake[:16], train)
     pairs = torch.cat([to_unit(samples(model, ctx)[:16], model.spec),

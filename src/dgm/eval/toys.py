@@ -84,6 +84,13 @@ class ModeCoverageMonitor:
     def __init__(self, *, every: int = 1, num_samples: int = 2500, seed: int = 0) -> None:
         self.every, self.num_samples, self.seed = every, num_samples, seed
 
+    @property
+    def logs(self) -> dict[str, str]:
+        """What the monitor logs, for the report's caption."""
+        return {"modes/captured": f"modes captured by {self.num_samples} samples",
+                "modes/high_quality": f"% of samples within {HIGH_QUALITY_STDS:g} standard deviations of a mode",
+                "modes/reverse_kl": "KL(sample mode histogram || uniform), 0 for even coverage"}
+
     def on_epoch_end(self, trainer: Any, epoch: int) -> dict[str, float] | None:
         if (epoch + 1) % self.every:
             return None

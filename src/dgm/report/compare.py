@@ -1,9 +1,10 @@
 """The leaderboard: one table of every run's metrics, whatever the families (``dgm compare``).
 
 Columns are ``metric [unit]``; a cell is the run's value, or "–" where the run does not have that
-metric (a GAN has no likelihood, a VAE no mode coverage on images). Bounds are marked "≤" (an NLL
-bound is an upper bound on the true NLL), and the qualifiers behind each column are listed under the
-table, so numbers computed differently are never silently compared.
+metric (a GAN has no likelihood, a VAE no mode coverage on images; an empty cell in the CSV). Bounds
+are marked "≤" (an NLL bound is an upper bound on the true NLL), and the qualifiers behind each
+column are listed under the table (and in the titles of the plot), so numbers computed differently
+are never silently compared.
 """
 from __future__ import annotations
 
@@ -52,29 +53,44 @@ def column(result: dict) -> str:
     return f"{result['metric']} [{result['unit']}]" if result["unit"] else result["metric"]
 
 
-def table(rows: list[RunRow]) -> tuple[list[str], list[list[str]], dict[str, set[str]]]:
-    """Header, body and the qualifiers seen in each metric column."""
-    columns: list[str] = []
+def present(value: float | None) -> bool:
+    return value is not None and value == value  # NaN (an undefined metric) counts as missing
+
+
+def columns(rows: list[RunRow]) -> tuple[list[str], dict[str, set[str]]]:
+    """The metric columns in the order first seen, and the qualifiers seen in each."""
+    names: list[str] = []
     qualifiers: dict[str, set[str]] = {}
     for row in rows:
         for r in row.results:
             name = column(r)
-            if name not in columns:
-                columns.append(name)
+            if name not in names:
+                names.append(name)
             qualifiers.setdefault(name, set()).add(r["qualifier"])
+    return names, qualifiers
+
+
+def cell(row: RunRow, name: str) -> dict | None:
+    """The run's result of column ``name``, or None."""
+    return next((r for r in row.results if column(r) == name and present(r.get("value"))), None)
+
+
+def is_bound(result: dict) -> bool:
+    return result["qualifier"].startswith("bound")
+
+
+def table(rows: list[RunRow]) -> tuple[list[str], list[list[str]], dict[str, set[str]]]:
+    """Header, body (values as text, bounds marked "≤ ", missing values "–") and the qualifiers seen
+    in each metric column."""
+    names, qualifiers = columns(rows)
     body = []
     for row in rows:
-        values = {column(r): r for r in row.results}
         cells = []
-        for name in columns:
-            r = values.get(name)
-            if r is None:
-                cells.append(MISSING)
-            else:
-                mark = "≤ " if r["qualifier"].startswith("bound") else ""
-                cells.append(f"{mark}{r['value']:.4g}")
+        for name in names:
+            r = cell(row, name)
+            cells.append(MISSING if r is None else f"{'≤ ' if is_bound(r) else ''}{r['value']:.4g}")
         body.append([row.run, row.model, row.data, *cells])
-    return ["run", "model", "data", *columns], body, qualifiers
+    return ["run", "model", "data", *names], body, qualifiers
 
 
 def markdown(rows: list[RunRow]) -> str:
@@ -89,37 +105,58 @@ def markdown(rows: list[RunRow]) -> str:
 
 
 def to_csv(rows: list[RunRow]) -> str:
-    header, body, _ = table(rows)
+    """The table as CSV: full-precision numbers, an empty cell where a run lacks the metric."""
+    names, _ = columns(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows([[c.replace("≤ ", "") for c in cells] for cells in body])
+    writer.writerow(["run", "model", "data", *names])
+    for row in rows:
+        values = [cell(row, name) for name in names]
+        writer.writerow([row.run, row.model, row.data, *("" if r is None else repr(float(r["value"])) for r in values)])
     return buffer.getvalue()
 
 
+def examples(result: dict) -> str:
+    """``"n=360"`` from a result's split (``"test, n=360"``), or ``""``."""
+    return next((part.strip() for part in result.get("split", "").split(",") if part.strip().startswith("n=")), "")
+
+
 def plot(rows: list[RunRow], path: Path) -> Path:
-    """One bar chart per metric column, runs side by side."""
+    """One bar chart per metric column, runs side by side in the colours of the legend; every bar
+    is labelled with its value (so a 0 is seen), its run's number of evaluated examples under it,
+    the column's qualifiers (the bound of an NLL) in its title; a run without the metric gets "–"."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    header, body, _ = table(rows)
-    metrics = header[3:]
-    if not metrics:
+    names, qualifiers = columns(rows)
+    if not names:
         raise DgmError("no run has metrics to plot: run 'dgm eval RUN' first")
-    cols = min(3, len(metrics))
-    nrows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3 * nrows), dpi=90, squeeze=False)
-    labels = [Path(cells[0]).name for cells in body]
-    for ax, (i, name) in zip(axes.flat, enumerate(metrics)):
-        values = [float(cells[3 + i].replace("≤ ", "")) if cells[3 + i] != MISSING else float("nan") for cells in body]
-        ax.bar(range(len(values)), values, color=[f"C{j % 10}" for j in range(len(values))])
-        ax.set_xticks(range(len(values)), labels, rotation=30, ha="right", fontsize=7)
-        ax.set_title(name, fontsize=9)
-    for ax in list(axes.flat)[len(metrics):]:
+    cols = min(3, len(names))
+    nrows = -(-len(names) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.4 * nrows + 0.6), dpi=90, squeeze=False)
+    labels = [Path(row.run).name for row in rows]
+    colours = [f"C{j % 10}" for j in range(len(rows))]
+    for ax, name in zip(axes.flat, names):
+        results = [cell(row, name) for row in rows]
+        heights = [0.0 if r is None else float(r["value"]) for r in results]
+        edges = ["none" if r is None else c for r, c in zip(results, colours)]  # a 0 still shows a line
+        bars = ax.bar(range(len(rows)), heights, color=colours, edgecolor=edges, linewidth=1.5)
+        texts = [MISSING if r is None else f"{'≤ ' if is_bound(r) else ''}{r['value']:.4g}" for r in results]
+        ax.bar_label(bars, texts, fontsize=7, padding=2)
+        ax.axhline(0, color="0.4", lw=0.8)
+        ax.margins(y=0.2)
+        ax.set_xticks(range(len(rows)), [examples(r) if r is not None else "" for r in results], fontsize=7)
+        ax.set_title(name + "\n" + textwrap.shorten("; ".join(sorted(qualifiers[name])), 70), fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.tight_layout()
+    fig.legend(handles=[Patch(color=c, label=label) for c, label in zip(colours, labels)], loc="lower center",
+               ncol=min(len(rows), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / (3.4 * nrows + 0.6) + 0.04, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

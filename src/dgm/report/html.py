@@ -1,16 +1,26 @@
 """``RUN/report.html``: one self-contained page (images inlined) per run.
 
 Sections appear for what the model can do: samples for every model, reconstructions where it can
-reconstruct, a latent interpolation where it can encode and decode, the metrics of ``eval.json``
-where the run was evaluated.
+reconstruct, a latent interpolation where it can encode and decode, restorations where it can
+restore, the model's own figures (:meth:`~dgm.models.base.GenerativeModel.report_figures`), the
+metrics of ``eval.json`` where the run was evaluated. Every figure is captioned by whoever draws it.
+
+The pictures drawn from the model (some are costly: a restoration is a whole RePaint chain) are
+kept in ``RUN/figures/`` as PNG files with ``figures.json``, which records the weights they were
+drawn from; a later report (``dgm eval``, ``dgm report``) reuses them while the weights are
+unchanged and draws them again otherwise, or when asked (``redraw=True``, ``dgm report --redraw``).
 """
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from PIL import Image
 
 from dgm.data.core import Dataset, to_unit
 from dgm.models.base import GenerativeModel, capabilities
@@ -22,21 +32,41 @@ body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; 
 h1 { font-size: 1.6em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
 table { border-collapse: collapse; font-size: .9em; } td, th { padding: .25em .7em; border-bottom: 1px solid #eee; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img { image-rendering: pixelated; max-width: 100%; } pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .85em; }
-.caption { color: #666; font-size: .85em; }
+img { max-width: 100%; } img.pixelated { image-rendering: pixelated; }
+pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .85em; }
+figure { margin: 1em 0; } .caption { color: #666; font-size: .85em; }
+summary { cursor: pointer; color: #444; }
 """
 
+#: the folder of ``RUN`` holding the pictures drawn from the model, and their index
+FIGURES_DIR = "figures"
+FIGURES_INDEX = "figures.json"
 
-#: prefixes of the diagnostics logged by monitors (duality gaps, mode coverage), plotted per epoch
-DIAGNOSTICS = ("dg/", "modes/")
+#: samples shown in the report
+NUM_SAMPLES = 64
 
 
-def loss_curves(rows: list[dict[str, float]], *, diagnostics: bool = False,
-                x: str = "step"):  # noqa: ANN201 (PIL image or None)
-    """One panel per logged quantity against ``x``: the training losses, or (``diagnostics``) the
-    quantities logged by monitors."""
-    names = sorted({k for r in rows for k in r if k not in ("step", "epoch", "lr")
-                    and k.startswith(DIAGNOSTICS) == diagnostics}, key=lambda k: (k != "loss", k))
+@dataclass
+class Figure:
+    """One figure of the report: the section it opens, the picture and what it shows."""
+
+    title: str
+    picture: Image.Image
+    caption: str
+    pixelated: bool = False  # an image grid, shown with sharp pixels (plots are smoothed as usual)
+
+    def to_html(self) -> str:
+        cls = " class='pixelated'" if self.pixelated else ""
+        return (f"<h2>{html.escape(self.title)}</h2><figure><img{cls} src='{images.data_uri(self.picture)}' "
+                f"alt='{html.escape(self.title, quote=True)}'><figcaption class='caption'>"
+                f"{html.escape(self.caption)}</figcaption></figure>")
+
+
+# --- plots of what training logged -----------------------------------------------------------------
+def curves(rows: list[dict[str, float]], names: list[str], *, x: str = "step",
+           markers: bool = False) -> Image.Image | None:
+    """One panel per logged quantity in ``names`` against ``x``; None when there is nothing to plot."""
+    names = [n for n in names if any(n in r for r in rows)]
     if not names:
         return None
     import matplotlib
@@ -48,8 +78,8 @@ def loss_curves(rows: list[dict[str, float]], *, diagnostics: bool = False,
     nrows = -(-len(names) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.8 * nrows), dpi=80, squeeze=False)
     for ax, name in zip(axes.flat, names):
-        points = [(r[x], r[name]) for r in rows if name in r]
-        ax.plot([p[0] for p in points], [p[1] for p in points], lw=1.2, marker="." if diagnostics else None)
+        points = [(r[x], r[name]) for r in rows if name in r and x in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], lw=1.2, marker="." if markers else None)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(x, fontsize=8)
         ax.tick_params(labelsize=8)
@@ -60,18 +90,155 @@ def loss_curves(rows: list[dict[str, float]], *, diagnostics: bool = False,
     return images.figure_to_image(fig)
 
 
-@torch.no_grad()
+def monitor_descriptions(model: GenerativeModel, test: Dataset) -> dict[str, str]:
+    """What the run's training monitors logged (``{logged name: what it is}``), as each monitor
+    describes it in its ``logs``: the model's own callbacks and those the data called for."""
+    from dgm.run import monitors
+
+    described: dict[str, str] = {}
+    for callback in [*model.callbacks(), *monitors(model, test)]:
+        described.update(getattr(callback, "logs", {}) or {})
+    return described
+
+
+def training_plots(run_dir: Path, model: GenerativeModel, test: Dataset) -> list[Callable[[], list[Figure]]]:
+    """Drawers of the training curves and of the monitors' diagnostics (cheap: never cached)."""
+    logged = read_csv(run_dir / "metrics.csv")
+    described = monitor_descriptions(model, test)
+    diagnostics = sorted(k for k in described if any(k in r for r in logged))
+    losses = sorted({k for r in logged for k in r if k not in ("step", "epoch", "lr") and k not in described},
+                    key=lambda k: (k != "loss", k))
+
+    def losses_figure() -> list[Figure]:
+        picture = curves(logged, losses)
+        return [] if picture is None else [Figure(
+            "Training curves", picture,
+            f"against the optimiser step, each point an average over train.log_every steps: {', '.join(losses)}")]
+
+    def diagnostics_figure() -> list[Figure]:
+        picture = curves(logged, diagnostics, x="epoch", markers=True)
+        return [] if picture is None else [Figure(
+            "Convergence diagnostics", picture, "estimated at the end of epochs during training: "
+            + "; ".join(f"{name}: {described[name]}" for name in diagnostics))]
+
+    return [losses_figure, diagnostics_figure]
+
+
+# --- pictures drawn from the model (cached in RUN/figures) -----------------------------------------
 def interpolation(model: GenerativeModel, x: torch.Tensor, steps: int = 10) -> torch.Tensor:
     """Decodes of codes on straight lines between the codes of pairs of examples: rows are
     pairs (x[2i], x[2i+1]), columns go from one end to the other. ``(pairs * steps, *shape)``."""
-    z = model.encode(x)
-    a, b = z[0::2], z[1::2]
-    n = min(len(a), len(b))
-    t = torch.linspace(0, 1, steps, device=z.device).view(1, steps, 1)
-    path = a[:n, None] * (1 - t) + b[:n, None] * t  # (pairs, steps, latent_dim)
-    return model.decode(path.reshape(n * steps, -1))
+    with torch.inference_mode():
+        z = model.encode(x)
+        a, b = z[0::2], z[1::2]
+        n = min(len(a), len(b))
+        t = torch.linspace(0, 1, steps, device=z.device).view(1, steps, 1)
+        path = a[:n, None] * (1 - t) + b[:n, None] * t  # (pairs, steps, latent_dim)
+        return model.decode(path.reshape(n * steps, -1))
 
 
+def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Callable[[], list[Figure]]]:
+    """Drawers of every picture the report asks of the model, in page order, sharing one generator
+    (so a redraw gives the same pictures)."""
+    have, spec = capabilities(model), model.spec
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    drawers: list[Callable[[], list[Figure]]] = []
+    scale = max(1, 64 // spec.shape[-1]) if spec.is_image else 1
+
+    def grid(x: torch.Tensor, nrow: int) -> Image.Image:
+        return images.grid(to_unit(x, spec), nrow=nrow, scale=scale)
+
+    if "sample" in have:
+        def samples() -> list[Figure]:
+            reference = test.tensors(2000).x if not spec.is_image else None
+            x = model.preview_sample(NUM_SAMPLES, generator=generator)
+            over = "" if spec.is_image else " (blue) over test examples (grey)"
+            return [Figure("Samples", images.sample_picture(x, spec, reference),
+                           f"{NUM_SAMPLES} samples from the model's preview sampler{over}, seed {seed}",
+                           pixelated=spec.is_image)]
+
+        drawers.append(samples)
+    if not spec.is_image:
+        return drawers
+    x = test.tensors(16).x.to(model.device)  # (16, C, H, W)
+    if "reconstruct" in have:
+        def reconstructions() -> list[Figure]:
+            with torch.inference_mode():
+                pair = torch.cat([x, model.reconstruct(x)])
+            return [Figure("Reconstructions", grid(pair, 16), "top: 16 test examples; bottom: their reconstructions",
+                           pixelated=True)]
+
+        drawers.append(reconstructions)
+    if {"encode", "decode"} <= have and len(x) >= 2:  # a line needs two test examples
+        drawers.append(lambda: [Figure("Latent interpolation", grid(interpolation(model, x), 10),
+                                       "each row decodes a straight line between the codes of two test examples",
+                                       pixelated=True)])
+    if "restore" in have and spec.levels is not None:
+        from dgm.restoration import examples, shown
+
+        for title, view in examples(x[:8], spec):
+            def restoration(title: str = title, view: Any = view) -> list[Figure]:
+                rows = torch.cat([shown(view, spec.shape[0]), model.restore(view, generator=generator), x[:8]])
+                return [Figure(f"Restoration: {title}", grid(rows, 8),
+                               "top: what is known of 8 test images; middle: the model's restorations; "
+                               "bottom: the test images", pixelated=True)]
+
+            drawers.append(restoration)
+
+    def own_figures() -> list[Figure]:
+        return [Figure(title, grid(pictures, columns), caption, pixelated=True)
+                for title, pictures, columns, caption in model.report_figures(generator=generator)]
+
+    drawers.append(own_figures)
+    return drawers
+
+
+def weights_stamp(run_dir: Path, seed: int) -> dict[str, Any] | None:
+    """What the cached pictures depend on: the weight files' modification times and sizes, and the
+    seed; None when the run has no weights on disk (nothing to cache against)."""
+    from dgm.train.checkpoint import EMA_WEIGHTS, WEIGHTS
+
+    files = {name: {"mtime_ns": (run_dir / name).stat().st_mtime_ns, "size": (run_dir / name).stat().st_size}
+             for name in (WEIGHTS, EMA_WEIGHTS) if (run_dir / name).exists()}
+    return {"seed": seed, "weights": files} if files else None
+
+
+def read_cached(run_dir: Path, stamp: dict[str, Any] | None) -> list[Figure] | None:
+    """The cached pictures drawn from weights with this ``stamp``, or None (stale, missing, damaged)."""
+    index = run_dir / FIGURES_DIR / FIGURES_INDEX
+    if stamp is None or not index.exists():
+        return None
+    try:
+        stored = json.loads(index.read_text())
+        if stored.get("stamp") != stamp:
+            return None
+        figures = []
+        for entry in stored["figures"]:
+            with Image.open(run_dir / FIGURES_DIR / entry["file"]) as im:
+                im.load()
+                figures.append(Figure(entry["title"], im.copy(), entry["caption"], entry["pixelated"]))
+        return figures
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a damaged cache is drawn again
+
+
+def write_cached(run_dir: Path, stamp: dict[str, Any] | None, figures: list[Figure]) -> None:
+    if stamp is None:
+        return
+    folder = run_dir / FIGURES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("figure_*.png"):
+        old.unlink()
+    entries = []
+    for i, figure in enumerate(figures):
+        name = f"figure_{i:02d}.png"
+        figure.picture.save(folder / name)
+        entries.append({"file": name, "title": figure.title, "caption": figure.caption,
+                        "pixelated": figure.pixelated})
+    (folder / FIGURES_INDEX).write_text(json.dumps({"stamp": stamp, "figures": entries}, indent=2))
+
+
+# --- the page --------------------------------------------------------------------------------------
 def _table(rows: list[list[str]], header: list[str], numeric: set[int] = frozenset()) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(
@@ -80,13 +247,17 @@ def _table(rows: list[list[str]], header: list[str], numeric: set[int] = frozens
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _figure(picture, caption: str) -> str:  # noqa: ANN001
-    return f"<figure><img src='{images.data_uri(picture)}'><figcaption class='caption'>{html.escape(caption)}</figcaption></figure>"
-
-
-def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, seed: int = 0) -> Path:
+def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, seed: int = 0,
+                 redraw: bool = False, progress: bool = False) -> Path:
     """Write ``run_dir/report.html`` for the trained ``model`` (with ``test`` examples for
-    reconstructions and interpolations) and return its path."""
+    reconstructions, interpolations and restorations) and return its path.
+
+    Args:
+        seed: seeds every picture drawn from the model.
+        redraw: draw the model's pictures again even when ``run_dir/figures`` holds pictures of the
+            same weights (by default they are reused).
+        progress: show a progress bar over the figures.
+    """
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     results = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else []
@@ -95,65 +266,46 @@ def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, 
     parts = [f"<h1>{html.escape(model.name)} on {html.escape(spec.name)}</h1>",
              f"<p>{html.escape(type(model).description)}. Run directory: <code>{html.escape(str(run_dir))}</code>. "
              f"Capabilities: {html.escape(', '.join(sorted(have)))}.</p>"]
-
     if results:
         rows = [[r["metric"], f"{r['value']:.4f}", r["unit"], r["qualifier"], r["split"]] for r in results]
         parts += ["<h2>Metrics</h2>", _table(rows, ["metric", "value", "unit", "qualifier", "split"], {1})]
 
-    logged = read_csv(run_dir / "metrics.csv")
-    curves = loss_curves(logged)
-    if curves is not None:
-        parts += ["<h2>Training curves</h2>", _figure(curves, "logged every train.log_every steps (averages)")]
-    diagnostics = loss_curves(logged, diagnostics=True, x="epoch")
-    if diagnostics is not None:
-        parts += ["<h2>Convergence diagnostics</h2>",
-                  _figure(diagnostics, "estimated at the end of epochs during training: dg/plain and dg/proximal are "
-                          "the duality gap and the proximal duality gap (0 at an equilibrium); modes/ is mode "
-                          "coverage of 2500 samples")]
+    stamp = weights_stamp(run_dir, seed)
+    cached = None if redraw else read_cached(run_dir, stamp)
+    plots = training_plots(run_dir, model, test)
+    drawers = plots + ([] if cached is not None else model_drawers(model, test, seed))
+    from dgm.eval.core import progress_bar
 
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    if "sample" in have:
-        reference = test.tensors(2000).x if not spec.is_image else None
-        samples = model.sample(64, generator=generator)
-        parts += ["<h2>Samples</h2>", _figure(images.sample_picture(samples, spec, reference), "64 samples, seed 0")]
-    if spec.is_image:
-        x = test.tensors(16).x.to(model.device)
-        scale = max(1, 64 // spec.shape[-1])
-        if "reconstruct" in have:
-            pair = torch.cat([to_unit(x, spec), to_unit(model.reconstruct(x), spec)])
-            parts += ["<h2>Reconstructions</h2>",
-                      _figure(images.grid(pair, nrow=16, scale=scale), "top: test examples; bottom: reconstructions")]
-        if {"encode", "decode"} <= have:
-            path = to_unit(interpolation(model, x), spec)
-            parts += ["<h2>Latent interpolation</h2>",
-                      _figure(images.grid(path, nrow=10, scale=scale),
-                              "each row decodes a straight line between the codes of two test examples")]
-        if "restore" in have and spec.levels is not None:
-            from dgm.restoration import examples, shown
-
-            for title, view in examples(x[:8], spec):
-                rows = torch.cat([shown(view, spec.shape[0]), model.restore(view, generator=generator), x[:8]])
-                parts += [f"<h2>Restoration: {html.escape(title)}</h2>",
-                          _figure(images.grid(to_unit(rows, spec), nrow=8, scale=scale),
-                                  "top: what is known; middle: the model's restoration; bottom: the test image")]
-        for title, images_, columns in model.report_figures(generator=generator):
-            parts += [f"<h2>{html.escape(title)}</h2>",
-                      _figure(images.grid(to_unit(images_, spec), nrow=columns, scale=scale),
-                              "each row keeps the other latent variables fixed")]
-    for r in results:
-        if "figure" in r.get("details", {}):
-            parts += ["<h2>Nearest training neighbours</h2>",
-                      f"<figure><img src='{r['details']['figure']}'><figcaption class='caption'>top: samples; "
-                      f"bottom: their nearest training images ({html.escape(r['qualifier'])})</figcaption></figure>"]
-            break
+    drawn: list[list[Figure]] = [drawer() for drawer in progress_bar(
+        drawers, enabled=progress, total=len(drawers), desc="report figures", unit="figure")]
+    plotted, from_model = drawn[:len(plots)], [f for figures in drawn[len(plots):] for f in figures]
+    if cached is None:
+        write_cached(run_dir, stamp, from_model)
+    figures = [f for figures in plotted for f in figures] + (cached if cached is not None else from_model)
+    parts += [f.to_html() for f in figures]
+    neighbours = next((r for r in results if "figure" in r.get("details", {})), None)
+    if neighbours is not None:  # drawn by the memorization metric, kept in eval.json
+        parts.append(f"<h2>Nearest training neighbours</h2><figure><img class='pixelated' "
+                     f"src='{neighbours['details']['figure']}' alt='nearest training neighbours'><figcaption "
+                     f"class='caption'>top: samples; bottom: their nearest training images "
+                     f"({html.escape(neighbours['qualifier'])})</figcaption></figure>")
     grids = sorted((run_dir / "samples").glob("epoch_*.png"))
     if grids:
-        from PIL import Image
-
         chosen = grids if len(grids) <= 4 else [grids[0], grids[len(grids) // 3], grids[2 * len(grids) // 3], grids[-1]]
         parts.append("<h2>Samples during training</h2>")
-        parts += [_figure(Image.open(g), g.stem.replace("_", " ")) for g in chosen]
-    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"]
+        for path in chosen:
+            epoch = int(path.stem.split("_")[-1]) if path.stem.split("_")[-1].isdigit() else path.stem
+            with Image.open(path) as im:
+                im.load()
+                uri = images.data_uri(im)
+            cls = " class='pixelated'" if spec.is_image else ""
+            parts.append(f"<figure><img{cls} src='{uri}' alt='{html.escape(path.stem, quote=True)}'><figcaption "
+                         f"class='caption'>samples drawn at the end of epoch {epoch} "
+                         f"(the preview sampler, seed {config.get('train', {}).get('seed', 0)})</figcaption></figure>")
+    lines = json.dumps(config, indent=2)
+    parts += ["<h2>Configuration</h2>",
+              f"<details><summary>config.json ({lines.count(chr(10)) + 1} lines)</summary>"
+              f"<pre>{html.escape(lines)}</pre></details>"]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>dgm: {html.escape(model.name)} on "
             f"{html.escape(spec.name)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     out = run_dir / "report.html"

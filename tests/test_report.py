@@ -1,0 +1,194 @@
+"""The run report (dgm.report.html) and the leaderboard (dgm.report.compare): captions, rendering,
+the cache of pictures drawn from the model, progress, and the CSV and plot of ``dgm compare``."""
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import dgm
+from dgm.cli import main
+from dgm.models.base import GenerativeModel
+from tests.conftest import image_dataset, vector_dataset
+
+TINY_DDPM = ["--set", "train.max_steps_per_epoch=2", "--set", "model.timesteps=20", "--set", "model.width=8",
+             "--set", "model.sample_steps=5", "--set", "model.preview_steps=5", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def ddpm_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "ddpm"
+    assert main(["train", "ddpm", "--data", "digits", "--epochs", "1", "--out", str(out), *TINY_DDPM]) == 0
+    return out
+
+
+def figures(page: str) -> list[tuple[str, str, str]]:
+    """(section title, img attributes, caption) of every figure of a report that opens a section."""
+    return re.findall(r"<h2>([^<]*)</h2><figure><img([^>]*)><figcaption class='caption'>([^<]*)</figcaption>", page)
+
+
+def test_report_collapses_the_config_captions_every_figure_and_pixelates_only_image_grids(ddpm_run):
+    page = (ddpm_run / "report.html").read_text()
+    assert re.search(r"<h2>Configuration</h2><details><summary>config\.json \(\d+ lines\)</summary><pre>", page)
+    assert page.count("<figure>") == len(re.findall(r"<figcaption class='caption'>[^<]+</figcaption>", page))
+    shown = {title: attributes for title, attributes, _ in figures(page)}
+    assert {"Training curves", "Samples", "Restoration: inpainting (the central square generated)",
+            "Restoration: 2x super-resolution"} <= set(shown)
+    assert "class='pixelated'" not in shown["Training curves"]  # a plot is smoothed as usual
+    for title in ("Samples", "Restoration: 2x super-resolution"):
+        assert "class='pixelated'" in shown[title]
+    assert "img { image-rendering: pixelated" not in page and "img.pixelated { image-rendering: pixelated; }" in page
+    assert "src='http" not in page and "src='figures/" not in page  # one self-contained file
+
+
+def test_eval_reuses_the_pictures_of_unchanged_weights_and_redraw_draws_them_again(ddpm_run, monkeypatch):
+    from dgm.models.diffusion import DDPM
+
+    calls = []
+    restore = DDPM.restore
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return restore(self, *args, **kwargs)
+
+    monkeypatch.setattr(DDPM, "restore", counting)
+    before = (ddpm_run / "figures" / "figure_00.png").read_bytes()
+    assert main(["eval", str(ddpm_run), "--metrics", "nll", "--max-examples", "8", "--quiet"]) == 0
+    assert calls == []  # the restorations of these weights were drawn after training
+    page = (ddpm_run / "report.html").read_text()
+    assert "<h2>Restoration: inpainting (the central square generated)</h2>" in page and "<h2>Metrics</h2>" in page
+    assert main(["report", str(ddpm_run), "--quiet"]) == 0
+    assert calls == []
+    assert main(["report", str(ddpm_run), "--redraw", "--quiet"]) == 0
+    assert len(calls) == 2  # inpainting and 2x super-resolution of the grey 8x8 digits
+    assert (ddpm_run / "figures" / "figure_00.png").read_bytes() == before  # seeded: the same pictures
+    weights = ddpm_run / "ema.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # new weights
+    assert main(["report", str(ddpm_run), "--quiet"]) == 0
+    assert len(calls) == 4
+    index = json.loads((ddpm_run / "figures" / "figures.json").read_text())
+    assert index["stamp"]["weights"]["ema.safetensors"]["mtime_ns"] == weights.stat().st_mtime_ns
+
+
+def test_writing_the_report_shows_progress_only_when_asked(ddpm_run, capsys):
+    capsys.readouterr()
+    assert main(["report", str(ddpm_run), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["report", str(ddpm_run), "--redraw"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"report figures:\s+0%\|\s+\| 0/6", err), err  # curves, diagnostics, samples, 2 restorations, own
+
+
+class Watched(GenerativeModel):
+    """A 2-D model with a training monitor that describes what it logs."""
+
+    name = "watched"
+
+    def __init__(self, spec) -> None:
+        super().__init__(None, spec)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def sample(self, n, condition=None, *, generator=None):
+        return torch.randn(n, 2, generator=generator)
+
+    def callbacks(self):
+        class Monitor:
+            logs = {"watch/spread": "the spread the test monitor watches"}
+
+        return [Monitor()]
+
+
+def test_logged_diagnostics_are_captioned_by_the_monitor_that_logged_them(tmp_path):
+    from dgm.report import write_report
+
+    test = vector_dataset(n=100, train=False)
+    (tmp_path / "config.json").write_text(json.dumps({"model": "watched", "train": {"seed": 0}}))
+    (tmp_path / "metrics.csv").write_text("step,epoch,loss,watch/spread\n1,0,2.0,\n2,0,1.5,\n2,0,,0.3\n4,1,1.0,\n4,1,,0.2\n")
+    page = write_report(tmp_path, Watched(test.spec), test).read_text()
+    shown = {title: (attributes, caption) for title, attributes, caption in figures(page)}
+    assert shown["Convergence diagnostics"][1] == ("estimated at the end of epochs during training: "
+                                                   "watch/spread: the spread the test monitor watches")
+    assert shown["Training curves"][1].endswith(": loss")  # the diagnostic is not plotted as a loss
+    assert "(blue) over test examples (grey)" in shown["Samples"][1]
+    assert all("pixelated" not in attributes for attributes, _ in shown.values())  # 2-D: plots only
+    assert not (tmp_path / "figures").exists()  # no weights on disk: nothing to cache against
+
+
+def test_figures_of_one_family_are_captioned_by_the_family_not_by_the_report():
+    import dgm.report.html as report
+
+    data = image_dataset(n=16, representation="signed")
+    info = dgm.create("infogan", data.spec, latent_dim=4, width=4, categorical_codes=3, continuous_codes=1)
+    own = info.eval().report_figures(generator=torch.Generator().manual_seed(0))
+    assert [(len(f), f[2]) for f in own] == [(4, 3), (4, 10)]
+    assert own[0][3] == ("8 rows of 3: each row keeps the noise z and the other codes fixed and varies "
+                         "categorical code c1 along the columns")
+    source = inspect.getsource(report)
+    for family_word in ("dg/", "duality", "InfoGAN", "latent variables fixed", "modes/"):
+        assert family_word not in source
+
+
+# --- dgm compare ---------------------------------------------------------------------------------------
+def write_run(folder: Path, model: str, results: list[dict]) -> None:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model": model, "data": {"name": "digits"}}))
+    (folder / "eval.json").write_text(json.dumps(results))
+
+
+def result(metric: str, value: float, unit: str = "", qualifier: str = "", split: str = "test, n=360") -> dict:
+    return {"metric": metric, "value": value, "unit": unit, "qualifier": qualifier, "split": split, "details": {}}
+
+
+@pytest.fixture
+def two_runs(tmp_path) -> list[Path]:
+    write_run(tmp_path / "vae", "vae", [result("nll", 90.5, "nats", "bound (IWAE k=1000), binary", "test, n=360"),
+                                        result("fid", 0.0, qualifier="FID[digits-net]"),
+                                        result("reverse_kl", float("nan"), "nats")])
+    write_run(tmp_path / "gan", "gan", [result("fid", 3.5, qualifier="FID[digits-net]", split="test, n=100"),
+                                        result("reverse_kl", 0.25, "nats")])
+    return [tmp_path / "vae", tmp_path / "gan"]
+
+
+def test_compare_csv_leaves_missing_values_empty(two_runs, tmp_path):
+    assert main(["compare", *map(str, two_runs), "--csv", str(tmp_path / "t.csv")]) == 0
+    rows = list(csv.reader(io.StringIO((tmp_path / "t.csv").read_text())))
+    assert rows[0] == ["run", "model", "data", "nll [nats]", "fid", "reverse_kl [nats]"]
+    assert rows[1][3:] == ["90.5", "0.0", ""]  # the bound's value without its mark; NaN is missing
+    assert rows[2][3:] == ["", "3.5", "0.25"]
+
+
+def test_compare_plot_has_a_legend_labels_zero_and_states_n_and_the_bound(two_runs, tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    drawn = []
+    save = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        drawn.append(fig)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    from dgm.report import compare
+
+    path = compare.plot(compare.collect(two_runs), tmp_path / "plot.png")
+    assert path.stat().st_size > 0
+    (fig,) = drawn
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["vae", "gan"]
+    panels = {ax.get_title().split("\n")[0]: ax for ax in fig.axes if ax.get_title()}
+    assert set(panels) == {"nll [nats]", "fid", "reverse_kl [nats]"}
+    assert "bound (IWAE k=1000), binary" in panels["nll [nats]"].get_title()
+
+    def labels(ax):
+        return [t.get_text() for t in ax.texts]
+
+    assert labels(panels["fid"]) == ["0", "3.5"]  # a zero is labelled, not an invisible bar
+    assert labels(panels["nll [nats]"]) == ["≤ 90.5", "–"]  # a bound is marked, a missing value said so
+    assert labels(panels["reverse_kl [nats]"]) == ["–", "0.25"]  # NaN: missing
+    assert [t.get_text() for t in panels["fid"].get_xticklabels()] == ["n=360", "n=100"]
