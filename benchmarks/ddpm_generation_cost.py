@@ -26,14 +26,25 @@ import dgm
 from dgm import run
 model = dgm.load(run_dir)
 config, _ = run.read_config(run_dir)
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB
-calls, trace = [0], []
-def hook(*_):
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak so far, GiB
+def current():  # resident set now, GiB
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**30
+calls, trace, during = [0], [], [0.0]
+def hook(*_):  # after every network evaluation of the chain
     calls[0] += 1
+    during[0] = max(during[0], current())
     if calls[0] % 100 == 0:
-        trace.append((calls[0], round(rss(), 2)))
-model.network.register_forward_hook(hook)
-base = rss()
+        trace.append((calls[0], round(current(), 3)))
+import dgm.models.diffusion as diffusion
+forward = diffusion.UNet.forward
+def counted(self, *a, **k):  # every U-Net of the process, also the one the CLI loads itself
+    out = forward(self, *a, **k)
+    hook()
+    return out
+diffusion.UNet.forward = counted
+params_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+base = current()
 start = time.perf_counter()
 status = "ok"
 try:
@@ -46,12 +57,16 @@ try:
         trainer = Trainer(model, run.load_data(config, "train"), config.train, run_dir=None)
         trainer.save_sample_grid(__import__("pathlib").Path(run_dir) / "cost-grid.png")
     elif what == "report":
+        import inspect
         from dgm.report import write_report
-        write_report(run_dir, model, run.load_data(config, "test"))
+        # the end-of-training report draws every picture afresh (later reports reuse them)
+        fresh = {"redraw": True} if "redraw" in inspect.signature(write_report).parameters else {}
+        write_report(run_dir, model, run.load_data(config, "test"), **fresh)
 except (RuntimeError, MemoryError) as e:
     status = "failed: " + str(e).splitlines()[0][:120]
 print(json.dumps({"what": what, "seconds": time.perf_counter() - start, "status": status,
-                  "network_calls": calls[0], "model_loaded_gib": base, "peak_gib": rss(), "trace": trace}))
+                  "network_calls": calls[0], "parameters_gib": params_gib, "rss_before_gib": base,
+                  "max_rss_during_gib": during[0], "peak_rss_gib": rss(), "trace": trace}))
 """
 
 

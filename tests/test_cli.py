@@ -129,7 +129,9 @@ def test_unknown_and_bad_settings(capsys, tmp_path):
 def test_folder_without_images_and_unsupported_size(capsys, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    fails_with(capsys, ["train", "vae", "--data", f"folder:{empty}", "--out", str(tmp_path / "a")], "no")
+    err = fails_with(capsys, ["train", "vae", "--data", f"folder:{empty}", "--out", str(tmp_path / "a")])
+    assert err == (f"dgm: error: no PNG/JPEG images (.png, .jpg, .jpeg) found under {empty}: "
+                   "a train/test holdout needs at least 2"), err
     pictures = tmp_path / "pics"
     pictures.mkdir()
     for i in range(12):

@@ -8,7 +8,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.distributions import Normal, kl_divergence
 
 from conftest import image_dataset
 from dgm import DgmError, create
@@ -243,6 +244,131 @@ def test_every_objective_trains_and_the_bound_is_in_bits_per_dim(settings):
     with torch.no_grad():
         bound = -model.elbo(data.tensors(4).x) / (64 * math.log(2))  # bits/dim of 17-level images
     assert torch.isfinite(bound).all() and (bound > 0).all()  # a bound on -log P of a discrete image is positive
+
+
+# --- the bound, term by term -------------------------------------------------------------------------
+def bound_terms_written_out(model, x: Tensor, noises: list[Tensor]) -> list[Tensor]:
+    """-elbo(x)'s terms [L_T, L_0, L_1, ..., L_{T-1}], nats ``(B,)`` in float64, from Ho et al.'s
+    formulas written out here: x_t of eq. 4 with the given noise, q(x_{t-1} | x_t, x_0) of eqs. 6-7,
+    p(x_{t-1} | x_t) from the network's output, the KLs by torch.distributions, and L_0 (eq. 13) as
+    the Gaussian's mass of each pixel's bin, a difference of mpmath's normal CDFs (images), or its
+    density (vectors). Only the network and the beta schedule are taken from the model."""
+    mpmath = pytest.importorskip("mpmath")
+    c, levels = model.config, model.spec.levels
+    betas = model.process.betas.double()
+    alphas = 1 - betas
+    abar = torch.cumprod(alphas, 0)
+    abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+    beta_tilde = (1 - abar_prev) / (1 - abar) * betas  # eq. 7; beta~_1 = 0
+    x = x.double()
+
+    def per_example(a: Tensor) -> Tensor:
+        return a.flatten(1).sum(1)
+
+    def posterior_mean(x0: Tensor, xt: Tensor, t: int) -> Tensor:  # mu~_t(x_t, x_0), eq. 7
+        return (abar_prev[t].sqrt() * betas[t] / (1 - abar[t]) * x0
+                + alphas[t].sqrt() * (1 - abar_prev[t]) / (1 - abar[t]) * xt)
+
+    prior = Normal(abar[-1].sqrt() * x, (1 - abar[-1]).sqrt())  # q(x_T | x_0), eq. 4
+    terms = [per_example(kl_divergence(prior, Normal(0.0, 1.0)))]
+    for t, noise in enumerate(noises):  # code index t is the paper's t + 1
+        xt = abar[t].sqrt() * x + (1 - abar[t]).sqrt() * noise.double()  # eq. 4
+        with torch.no_grad():
+            out = model.network(xt.float(), torch.full((len(x),), t)).double()
+        head, v = out.chunk(2, 1) if c.variance == "learned" else (out, None)
+        if c.prediction == "epsilon":
+            x0_hat = (xt - (1 - abar[t]).sqrt() * head) / abar[t].sqrt()
+        elif c.prediction == "x0":
+            x0_hat = head
+        else:  # v = sqrt(abar) eps - sqrt(1 - abar) x0
+            x0_hat = abar[t].sqrt() * xt - (1 - abar[t]).sqrt() * head
+        if levels:
+            x0_hat = x0_hat.clamp(-1, 1)  # images lie in [-1, 1]
+        mean = posterior_mean(x0_hat, xt, t)
+        if c.prediction == "epsilon" and not levels:  # the same mean by eq. 11
+            torch.testing.assert_close(mean, (xt - betas[t] / (1 - abar[t]).sqrt() * head) / alphas[t].sqrt())
+        small = beta_tilde[max(t, 1)]  # beta~_1 = 0: Ho's code uses beta~_2 at t = 1
+        if c.variance == "fixed-small":
+            var = small
+        elif c.variance == "fixed-large":
+            var = betas[t] if t > 0 else small
+        else:  # Nichol eq. 15: log Sigma = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2
+            frac = (v + 1) / 2
+            var = (frac * betas[t].log() + (1 - frac) * small.log()).exp()
+        p = Normal(mean, var.sqrt() if isinstance(var, Tensor) else math.sqrt(var))
+        if t > 0:  # L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), eq. 5
+            q = Normal(posterior_mean(x, xt, t), beta_tilde[t].sqrt())
+            terms.append(per_example(kl_divergence(q, p)))
+        elif not levels:  # L_0 = -log p(x_0 | x_1), a density
+            terms.append(-per_example(p.log_prob(x)))
+        else:  # L_0 = -log P(x_0 | x_1): each pixel's bin of half-width 1/(levels - 1), the outer bins to +-inf
+            half = 1 / (levels - 1)
+            mu, sd = mean.expand_as(x).flatten(1).tolist(), p.stddev.expand_as(x).flatten(1).tolist()
+            nll = []
+            with mpmath.workdps(30):
+                for xs, ms, ss in zip(x.flatten(1).tolist(), mu, sd):
+                    total = mpmath.mpf(0)
+                    for xi, mi, si in zip(xs, ms, ss):
+                        low = mpmath.mpf(xi - half) if xi > -1 + half / 2 else -mpmath.inf
+                        high = mpmath.mpf(xi + half) if xi < 1 - half / 2 else mpmath.inf
+                        if low > mi:  # mirror a bin above the mean below it: the CDFs there are not near 1
+                            low, high = 2 * mi - high, 2 * mi - low
+                        total -= mpmath.log(mpmath.ncdf(high, mi, si) - mpmath.ncdf(low, mi, si))
+                    nll.append(float(total))
+            terms.append(torch.tensor(nll, dtype=torch.float64))
+    return terms
+
+
+@pytest.mark.parametrize("settings", [
+    dict(data="images", short_chain=True),
+    dict(data="images", prediction="v", variance="fixed-large", schedule="cosine"),
+    dict(data="images", prediction="x0", variance="learned", loss="hybrid", short_chain=True),
+    dict(data="vectors", variance="learned", loss="hybrid", schedule="cosine"),
+    dict(data="vectors", prediction="x0", variance="fixed-large", short_chain=True),
+])
+def test_the_bound_is_minus_the_sum_of_its_terms_written_out(settings):
+    """elbo(x) = -(L_T + sum_t L_{t-1} + L_0) with each term recomputed independently, for a network
+    whose weights are perturbed away from their initialisation (so its output is far from zero).
+    The T = 10 standard schedules end at abar_T ~ 0, so L_T ~ 0; ``short_chain`` swaps in betas
+    from 0.001 to 0.2 (abar_T ~ 0.35) so that L_T is not ~0 and its check bites."""
+    from conftest import vector_dataset
+
+    settings = dict(settings)
+    short_chain = settings.pop("short_chain", False)
+    if settings.pop("data") == "images":
+        data = image_dataset(n=8, representation="signed")  # 17 levels: the discretized decoder
+        net = dict(channel_mults=(1, 2), width=8)
+    else:
+        data = vector_dataset(n=8, dim=3)  # continuous: a density decoder
+        net = dict(hidden=(16, 16))
+    torch.manual_seed(0)
+    model = create("ddpm", data.spec, timesteps=10, **net, **settings).eval()
+    if short_chain:
+        c = model.config
+        model.process = GaussianDiffusion(torch.linspace(1e-3, 0.2, 10, dtype=torch.float64), prediction=c.prediction,
+                                          variance=c.variance, clip=model.process.clip)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.2 * torch.randn_like(param))
+    x = data.tensors(3).x
+    torch.manual_seed(1)
+    noises = [torch.randn_like(x) for _ in range(10)]  # elbo draws one x_t per term, in order of t
+    torch.manual_seed(1)
+    with torch.no_grad():
+        elbo = model.elbo(x)
+        prior = model.process.prior_kl(x)
+        xts = [model.process.q_sample(x, torch.full((3,), t), noise) for t, noise in enumerate(noises)]
+        vlb = [model.process.vlb_term(model.denoise(xt, torch.full((3,), t)), x, xt, torch.full((3,), t),
+                                      model.spec.levels) for t, xt in enumerate(xts)]
+    terms = bound_terms_written_out(model, x, noises)
+    assert len(terms) == 11 and all(term.shape == (3,) for term in terms)
+    assert all((term > 0).all() for term in terms[2:])  # KLs of distinct Gaussians
+    assert (terms[1] > 0).all() or not model.spec.levels  # -log of a probability < 1 (a density may exceed 1)
+    torch.testing.assert_close(prior.double(), terms[0], rtol=1e-4, atol=1e-6)
+    assert (terms[0] > 0.1).all() or not short_chain
+    for t in range(10):
+        torch.testing.assert_close(vlb[t].double(), terms[1 + t], rtol=1e-4, atol=1e-3, msg=f"term {t}")
+    torch.testing.assert_close(elbo.double(), -sum(terms), rtol=1e-5, atol=1e-3)
 
 
 # --- the command line ---------------------------------------------------------------------------------

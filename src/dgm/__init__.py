@@ -16,6 +16,7 @@ from dgm.models import GenerativeModel, capabilities, create, register  # noqa: 
 from dgm.run import DataConfig, RunConfig, load, train  # noqa: E402
 from dgm.train import TrainConfig, Trainer  # noqa: E402
 from dgm import run  # noqa: E402
+from dgm.report import write_report  # noqa: E402
 
 __all__ = ["DataConfig", "DgmError", "GenerativeModel", "RunConfig", "TrainConfig", "Trainer", "capabilities",
-           "create", "data", "evaluate", "load", "register", "results_table", "run", "train"]
+           "create", "data", "evaluate", "load", "register", "results_table", "run", "train", "write_report"]

@@ -61,15 +61,39 @@ def _default_out(model: str, data: str) -> Path:
     return out
 
 
+def output_path(path: str) -> Path:
+    """A file the user asked us to write: its folder is created if missing (a path through an existing
+    file, or a folder we may not write, ends in one line from :func:`main`)."""
+    out = Path(path)
+    if out.is_dir():
+        raise DgmError(f"{out} is a folder: name a file to write, e.g. {out / 'out.png'}")
+    for folder in out.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise DgmError(f"cannot write {out}: {folder} is a file, not a folder")
+            break
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 # --- commands -------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from dgm import run
 
     if args.resume:
         config, _ = run.read_config(args.resume)
+        # the run goes on as its config.json describes it: a setting that would change it mid-way
+        # (data, batch size, model settings) is refused, not silently ignored
+        changes = [flag for flag, given in [("--data", args.data), ("--batch-size", args.batch_size),
+                                            ("--set", args.set), ("--config", args.config), ("--out", args.out)]
+                   if given] + ([f"model {args.model!r}"] if args.model not in (None, config.model) else [])
+        if changes:
+            raise DgmError(f"--resume continues {args.resume} with the settings of its config.json: drop "
+                           f"{', '.join(changes)} (only --epochs and --quiet go with --resume)")
         out = Path(args.resume)
         if args.epochs is not None:
             config.train.epochs = args.epochs
+        config.train.progress = not args.quiet
         _, out = _train_and_report(config, out, resume=True, quiet=args.quiet)
         return 0
     if not args.model:
@@ -100,7 +124,7 @@ def _train_and_report(config, out: Path, *, resume: bool, quiet: bool):  # noqa:
     start = time.perf_counter()
     model, out = run.train(config, out, resume=resume)
     seconds = time.perf_counter() - start
-    report = write_report(out, model, run.load_data(config, "test"))
+    report = write_report(out, model, run.load_data(config, "test"), progress=not quiet)
     if not quiet:
         print(f"trained {config.model} on {config.data.name} in {seconds:.1f} s -> {out}")
         print(f"report: {report}")
@@ -115,24 +139,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from dgm import run
     from dgm.report import images
 
+    out = output_path(args.output)  # a path we cannot write fails before minutes of sampling, not after
+    if out.suffix.lower() not in (".npz", ".png", ".jpg", ".jpeg"):
+        raise DgmError(f"cannot write samples to {out}: use a .png/.jpg picture or a .npz array file")
     model = run.load(args.run)
     generator = torch.Generator().manual_seed(args.seed)
     condition = None if args.class_ is None else torch.tensor(args.class_)
-    with torch.no_grad():
-        options = sampler_options(model.sample, args)
-        if "progress" in inspect.signature(model.sample).parameters:  # iterative samplers show their steps
-            options["progress"] = True
-        x = model.sample(args.n, condition, generator=generator, **options)
-    out = Path(args.output)
-    if out.suffix == ".npz":
+    options = sampler_options(model.sample, args)
+    if "progress" in inspect.signature(model.sample).parameters:  # iterative samplers show their steps
+        options["progress"] = not args.quiet
+    x = model.sample(args.n, condition, generator=generator, **options)  # runs under inference_mode
+    if out.suffix.lower() == ".npz":
         import numpy as np
 
-        out.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out, x=x.cpu().numpy())
-    elif out.suffix.lower() in (".png", ".jpg", ".jpeg"):
-        images.save(images.sample_picture(x, model.spec), out)
     else:
-        raise DgmError(f"cannot write samples to {out}: use a .png/.jpg picture or a .npz array file")
+        images.save(images.sample_picture(x, model.spec), out)
     print(f"{args.n} samples -> {out}")
     return 0
 
@@ -162,7 +184,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
     model = run.load(args.run)
     if "restore" not in capabilities(model):
         raise DgmError(f"model {model.name!r} cannot restore images: restoration needs a diffusion model (ddpm)")
-    view = known_view(args.task, model.spec, args.input, args.mask, copies=args.n).to(model.device)
+    picture = args.input
+    if picture.startswith("test:"):  # a test example of the run's own dataset, as a user would give it
+        from dgm.data import load as load_dataset
+        from dgm.restoration import picture_of
+
+        config, _ = run.read_config(args.run)
+        test = load_dataset(config.data.name, "test", size=config.data.size, channels=config.data.channels)
+        index = picture[5:]
+        if not index.isdigit() or int(index) >= len(test):
+            raise DgmError(f"--input test:K takes the index of a test example, 0..{len(test) - 1}, got {picture!r}")
+        if test.spec.levels is None:
+            raise DgmError(f"restoration is for images, and {config.data.name!r} holds {test.spec.shape} vectors")
+        picture = picture_of(args.task, test.raw[int(index)].float() * 255 / (test.spec.levels - 1))
+    view = known_view(args.task, model.spec, picture, args.mask, copies=args.n).to(model.device)
     options = sampler_options(model.restore, args)
     out = restore_to_picture(model, view, args.output, seed=args.seed, progress=not args.quiet,
                              resample=args.resample, **options)
@@ -172,10 +207,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def add_sampler_flags(p: argparse.ArgumentParser, *, guidance: bool = True) -> None:
     p.add_argument("--sampler", choices=["ddpm", "ddim"], help="diffusion: ancestral DDPM or DDIM (default: the model's)")
-    p.add_argument("--steps", type=int, help="diffusion: DDIM denoising steps")
-    p.add_argument("--eta", type=float, help="diffusion: DDIM noise (0 deterministic, 1 like DDPM)")
+    p.add_argument("--steps", type=POSITIVE, help="diffusion: DDIM denoising steps")
+    p.add_argument("--eta", type=NON_NEGATIVE_FLOAT, help="diffusion: DDIM noise (0 deterministic, 1 like DDPM)")
     if guidance:
-        p.add_argument("--guidance", type=float, help="diffusion: classifier-free guidance scale (with --class)")
+        p.add_argument("--guidance", type=NON_NEGATIVE_FLOAT, help="diffusion: classifier-free guidance scale (with --class)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -184,6 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dgm.report import write_report
     from dgm.train.checkpoint import load_json, save_json
 
+    json_out = output_path(args.json) if args.json else None  # fail before the evaluation, not after
     model = run.load(args.run)
     config, _ = run.read_config(args.run)
     data = run.load_data(config, args.split)
@@ -201,10 +237,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     fresh = {r.metric for r in results}
     kept = [r for r in load_json(previous) if r.get("metric") not in fresh] if previous.exists() else []
     save_json(kept + payload, previous)
-    if args.json:
-        save_json(payload, Path(args.json))
+    if json_out is not None:
+        save_json(payload, json_out)
     test = data if args.split == "test" and not args.max_examples else run.load_data(config, "test")
-    write_report(args.run, model, test)
+    write_report(args.run, model, test, progress=not args.quiet)  # reuses the pictures of these weights
     return 0
 
 
@@ -213,7 +249,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from dgm.report import write_report
 
     config, _ = run.read_config(args.run)
-    print(write_report(args.run, run.load(args.run), run.load_data(config, "test")))
+    print(write_report(args.run, run.load(args.run), run.load_data(config, "test"), redraw=args.redraw,
+                       progress=not args.quiet))
     return 0
 
 
@@ -223,11 +260,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows = compare.collect(compare.expand(args.runs))
     print(compare.markdown(rows))
     if args.markdown:
-        Path(args.markdown).write_text(compare.markdown(rows) + "\n")
+        output_path(args.markdown).write_text(compare.markdown(rows) + "\n")
     if args.csv:
-        Path(args.csv).write_text(compare.to_csv(rows))
+        output_path(args.csv).write_text(compare.to_csv(rows))
     if args.plot:
-        print(f"plot: {compare.plot(rows, Path(args.plot))}")
+        print(f"plot: {compare.plot(rows, output_path(args.plot))}")
     return 0
 
 
@@ -274,12 +311,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
                        progress=not args.quiet)
     save_json([r.to_json() for r in results], out / "eval.json")
     print(results_table(results))
-    report = write_report(out, model, test)
+    report = write_report(out, model, test, progress=not args.quiet)
     print(f"report: {report.resolve()}")
     return 0
 
 
 # --- parser ---------------------------------------------------------------------------------------
+def _number(kind: type, low: float, *, strict: bool = False):  # noqa: ANN202
+    """An argparse type: a ``kind`` number ``>= low`` (``> low`` when ``strict``), with a one-line error."""
+    bound = f"{'>' if strict else '>='} {low}"
+
+    def parse(text: str):  # noqa: ANN202
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'} {bound}, "
+                                             f"got {text!r}") from None
+        if not (value > low if strict else value >= low) or value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE = _number(int, 1)
+NON_NEGATIVE = _number(int, 0)
+NON_NEGATIVE_FLOAT = _number(float, 0.0)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -292,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model")
     p.add_argument("model", nargs="?", help="model name (see 'dgm list')")
     p.add_argument("--data", help="dataset name, folder:PATH or npz:PATH")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=POSITIVE)
+    p.add_argument("--batch-size", type=POSITIVE)
     p.add_argument("--out", help="run directory (default runs/MODEL-DATA)")
     p.add_argument("--config", help="YAML file with model:, train:, data: sections")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -304,22 +364,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run")
-    p.add_argument("-n", type=int, default=64)
+    p.add_argument("-n", type=POSITIVE, default=64, help="samples to draw")
     p.add_argument("-o", "--output", default="samples.png", help=".png grid or .npz array")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--class", dest="class_", type=int, help="class label, for class-conditional models")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--class", dest="class_", type=NON_NEGATIVE, help="class label, for class-conditional models")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampler_flags(p)
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("restore", help="inpaint, super-resolve or colorize a picture with a trained diffusion model")
     p.add_argument("run")
     p.add_argument("--task", required=True, choices=["inpaint", "super-resolution", "colorize"])
-    p.add_argument("--input", required=True, help="the picture: the image (inpaint), a low-resolution or a grey one")
-    p.add_argument("--mask", help="inpaint: a picture of the image's size, white where pixels are to be generated")
-    p.add_argument("-n", type=int, default=4, help="restorations to draw")
+    p.add_argument("--input", required=True, help="the picture: the image (inpaint), a low-resolution or a grey "
+                   "one; test:K takes test example K of the run's data")
+    p.add_argument("--mask", help="inpaint: a picture of the image's size, white where pixels are to be generated; "
+                   "'centre' generates the central square")
+    p.add_argument("-n", type=POSITIVE, default=4, help="restorations to draw")
     p.add_argument("-o", "--output", default="restored.png", help="a .png row: the input, then the restorations")
-    p.add_argument("--resample", type=int, default=5, help="RePaint resampling: repetitions of each step")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resample", type=POSITIVE, default=5, help="RePaint resampling: repetitions of each step")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--quiet", action="store_true")
     add_sampler_flags(p, guidance=False)
     p.set_defaults(fn=cmd_restore)
@@ -328,13 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--metrics", help="comma-separated metric names (default: all the model supports)")
     p.add_argument("--json", help="also write the results to this file")
-    p.add_argument("--k", type=int, default=1000, help="importance samples of IWAE bounds")
+    p.add_argument("--k", type=POSITIVE, default=1000, help="importance samples of IWAE bounds")
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--max-examples", type=int, help="evaluate on the first N examples only")
-    p.add_argument("--num-samples", type=int, default=10000, help="samples for FID/KID/IS/PR/mode coverage")
+    p.add_argument("--max-examples", type=POSITIVE, help="evaluate on the first N examples only")
+    p.add_argument("--num-samples", type=POSITIVE, default=10000, help="samples for FID/KID/IS/PR/mode coverage")
     p.add_argument("--feature-net", help="fmnist-net, digits-net or inception (default: by image size)")
     p.add_argument("--inception-weights", help="pt_inception-2015-12-05 weights file (or $DGM_INCEPTION_WEIGHTS)")
-    p.add_argument("--kid-subset-size", type=int, help="KID subset size (default: min(1000, the smaller set))")
+    p.add_argument("--kid-subset-size", type=POSITIVE, help="KID subset size (default: min(1000, the smaller set))")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_eval)
 
@@ -347,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="(re)write RUN/report.html")
     p.add_argument("run")
+    p.add_argument("--redraw", action="store_true",
+                   help="draw the pictures of the model again (default: reuse RUN/figures while the weights are unchanged)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("list", help="models, datasets and metrics")
@@ -359,8 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: with $DGM_TINY set (:data:`dgm.run.TINY`), the counts of sample/eval/restore are capped too
+TINY_CAPS = {"n": 4, "k": 10, "num_samples": 200, "max_examples": 8}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dgm.run import tiny
+
+    if tiny():
+        for name, cap in TINY_CAPS.items():
+            if getattr(args, name, None) is not None:
+                setattr(args, name, min(getattr(args, name), cap))
     try:
         return args.fn(args)
     except DgmError as e:
@@ -369,6 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dgm: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a read-only or vanished folder: say which file, not a traceback
+        where = f" {e.filename}" if e.filename else ""
+        print(f"dgm: error: cannot write or read{where}: {e.strerror or e} (check the path, its permissions "
+              "and the free disk space)", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into head, less, ...
         return 0
 
