@@ -5,8 +5,11 @@ Example::
     train = load("digits")                      # 1437 8x8 images, levels 0..16, as "unit" floats
     test = load("ring8", "test")                # 10,000 2-D points from 8 Gaussians
     mine = load("folder:~/pictures", size=64)   # any folder of PNG/JPEG images
+    lines = load("text:notes.txt")              # byte-level token sequences, batches with a mask
 
-:func:`list_datasets` names them all; representations are described in :mod:`dgm.data.core`.
+:func:`list_datasets` names them all; representations and the kinds of data (images, vectors,
+token sequences, point sets) are described in :mod:`dgm.data.core`. Data rendered from known
+factors (``sprites``) can be rendered again from any factors: :func:`render`.
 """
 from __future__ import annotations
 
@@ -18,13 +21,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dgm.data import files, sources, toys
-from dgm.data.core import REPRESENTATIONS, Batch, Dataset, DataSpec, to_unit
+from dgm.data import files, sequences, sources, sprites, toys
+from dgm.data.core import REPRESENTATIONS, UNLABELLED, Batch, Dataset, DataSpec, to_unit
 from dgm.data.sources import Part, Request
 from dgm.errors import DgmError, unknown_name
 
-__all__ = ["Batch", "Dataset", "DataSpec", "REPRESENTATIONS", "to_unit", "load", "list_datasets",
-           "default_representation"]
+__all__ = ["Batch", "Dataset", "DataSpec", "REPRESENTATIONS", "UNLABELLED", "to_unit", "load", "list_datasets",
+           "default_representation", "render"]
 
 SPLITS = ("train", "test")
 
@@ -39,6 +42,8 @@ class Source:
     representation: str | None
     #: whether ``size`` and ``channels`` choose the stored shape (folders of images)
     resizable: bool = False
+    #: examples ``(N, *shape)`` from factor indices ``(N, K)``, for data made from known factors
+    render: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 DATASETS: dict[str, Source] = {
@@ -60,6 +65,12 @@ DATASETS: dict[str, Source] = {
                         partial(toys.load, toys.swissroll), "continuous"),
     "checkerboard": Source("4x4 checkerboard on [-4, 4]^2 (FFJORD, Grathwohl et al. 2019), 50k/10k points",
                            partial(toys.load, toys.checkerboard), "continuous"),
+    "sprites": Source("32x32 grey shapes from 5 known factors (shape, scale, rotation, x, y), like dSprites; "
+                      "10k/2k, 3 classes", sprites.load, "unit", render=sprites.render),
+    "shapes2d": Source("point sets: 8..64 2-D points on a circle or a square outline, 10k/2k sets, 2 classes",
+                       sequences.load_shapes2d, "continuous"),
+    "fortunes": Source("byte-level token sequences: the fortunes of fortune-mod (apt-get install fortunes-min), "
+                       "up to 256 bytes, 90/10 holdout", sequences.load_fortunes, "levels"),
 }
 
 #: datasets named "<prefix>:PATH"
@@ -68,6 +79,8 @@ PATTERNS: dict[str, Source] = {
                      files.load_folder, "unit", resizable=True),
     "npz": Source("a .npz with x (uint8 images or float arrays), optional y, x_test, y_test; else 90/10 holdout",
                   files.load_npz, None),
+    "text": Source("byte-level token sequences: each non-empty line of a text file, up to 256 bytes, 90/10 holdout",
+                   sequences.load_text, "levels"),
 }
 
 
@@ -89,17 +102,20 @@ def _resolve(name: str) -> tuple[Source, str]:
     raise unknown_name("dataset", name, [name for name, _ in list_datasets()])
 
 
-def _natural_representation(levels: int | None) -> str:
-    return "continuous" if levels is None else "unit"
+def _natural_representation(part: Part) -> str:
+    if part.kind == "tokens":
+        return "levels"
+    return "continuous" if part.levels is None else "unit"
 
 
 def default_representation(name: str) -> str:
     """The representation :func:`load` uses when given none: ``"unit"`` for images of discrete
-    levels, ``"continuous"`` for the 2-D toys and float arrays (which reads an ``npz:`` file)."""
+    levels, ``"continuous"`` for the 2-D toys, point sets and float arrays (which reads an ``npz:``
+    file), ``"levels"`` for token sequences."""
     source, path = _resolve(name)
     if source.representation is not None:
         return source.representation
-    return _natural_representation(source.load(Request("train", path)).levels)
+    return _natural_representation(source.load(Request("train", path)))
 
 
 def load(name: str, split: Literal["train", "test"] = "train", *, representation: str | None = None,
@@ -128,17 +144,35 @@ def load(name: str, split: Literal["train", "test"] = "train", *, representation
     shape = part.x.shape[1:]
     if not source.resizable:
         _check_fixed_shape(name, shape, size, channels)
-    spec = DataSpec(name=name, shape=shape, representation=representation or _natural_representation(part.levels),
+    spec = DataSpec(name=name, shape=shape, representation=representation or _natural_representation(part),
                     levels=part.levels, num_classes=part.num_classes, class_names=part.class_names,
-                    extras=part.extras)
+                    extras=part.extras, kind=part.kind)
+
     # copies: the parsed arrays are cached (and read-only), the tensors belong to the caller
-    raw = torch.from_numpy(np.array(part.x))
-    labels = None if part.y is None else torch.from_numpy(np.array(part.y, dtype=np.int64))
-    data = Dataset(raw, labels, spec, train=split == "train")
+    def tensor(a: np.ndarray | None, dtype: np.dtype | None = None) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(np.array(a, dtype=dtype))
+
+    data = Dataset(tensor(part.x), tensor(part.y, np.int64), spec, train=split == "train",
+                   lengths=tensor(part.lengths, np.int64), factors=tensor(part.factors, np.int64))
     try:
         return data if torch.device(device) == data.device else data.to(device)
     except (RuntimeError, AssertionError) as e:  # a malformed device string, or CUDA not available
         raise DgmError(f"cannot put dataset {name!r} on device {device!r}: {e}") from e
+
+
+def render(spec: DataSpec, factors: torch.Tensor) -> Dataset:
+    """The examples of the dataset of ``spec`` with the factor indices ``factors`` ``(N, K)``, as a
+    test split in ``spec``'s representation (for evaluators that vary one factor at a time).
+
+    Raises:
+        DgmError: the dataset is not made from known factors.
+    """
+    source, _ = _resolve(spec.name)
+    if source.render is None:
+        raise DgmError(f"dataset {spec.name!r} is not rendered from known factors: choose one with "
+                       "'factors' in its spec.extras (sprites)")
+    raw = torch.from_numpy(source.render(factors.cpu().numpy())).to(factors.device)
+    return Dataset(raw, None, spec, train=False, factors=factors.long())
 
 
 def _check_fixed_shape(name: str, shape: tuple[int, ...], size: int | None, channels: int | None) -> None:

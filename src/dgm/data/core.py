@@ -21,7 +21,7 @@ reproducible (the same protocol as Burda et al. 2016 for dynamically binarized M
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
@@ -34,6 +34,14 @@ Representation = Literal[
     "levels", "unit", "signed", "binary-dynamic", "binary-static", "dequantized", "continuous"
 ]
 REPRESENTATIONS: tuple[str, ...] = get_args(Representation)
+#: what one example is: an image ``(C, H, W)``, a vector ``(D,)``, a token sequence ``(L,)`` padded to
+#: ``L`` tokens, or a set of up to ``N`` points ``(N, D)``; sequences and sets come with their lengths
+Kind = Literal["image", "vector", "tokens", "points"]
+KINDS: tuple[str, ...] = get_args(Kind)
+#: the one representation of each variable-length kind (their raw values are what a model sees)
+_KIND_REPRESENTATION = {"tokens": "levels", "points": "continuous"}
+#: the label of an example whose label is hidden (see :meth:`Dataset.with_labelled`)
+UNLABELLED = -1
 BINARY_REPRESENTATIONS = ("binary-dynamic", "binary-static")
 
 #: seed of the one fixed Bernoulli draw behind ``binary-static`` and evaluation splits
@@ -53,7 +61,13 @@ class DataSpec:
         num_classes: number of labels, or ``None`` when the data has none.
         class_names: human-readable labels, when known.
         extras: dataset-specific facts for evaluators, e.g. the mode centres and the component
-            standard deviation of the 2-D toys (``{"modes": [[x, y], ...], "mode_std": 0.01}``).
+            standard deviation of the 2-D toys (``{"modes": [[x, y], ...], "mode_std": 0.01}``), or
+            the names and sizes of the generative factors of a procedural dataset
+            (``{"factors": ["shape", ...], "factor_sizes": [3, ...]}``, values in ``Dataset.factors``).
+        kind: ``"image"``, ``"vector"``, ``"tokens"`` or ``"points"`` (:data:`Kind`); ``None`` infers
+            image or vector from the shape. For ``"tokens"``, ``shape`` is ``(max_length,)`` and
+            ``levels`` the vocabulary size; for ``"points"``, ``shape`` is ``(max_points, D)``. Both
+            are padded, and each batch carries a ``mask`` of the real tokens or points.
     """
 
     name: str
@@ -63,9 +77,21 @@ class DataSpec:
     num_classes: int | None = None
     class_names: list[str] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
+        if self.kind is None:
+            self.kind = "image" if len(self.shape) == 3 else "vector"
+        if self.kind not in KINDS:
+            from dgm.errors import unknown_name
+
+            raise unknown_name("data kind", self.kind, KINDS)
+        only = _KIND_REPRESENTATION.get(self.kind)
+        if only is not None and self.representation != only:
+            raise DgmError(f"dataset {self.name!r} holds {self.kind} and has only the {only!r} representation, "
+                           f"not {self.representation!r}: drop the representation setting, or choose a model "
+                           f"that reads {self.kind}")
         if self.representation not in REPRESENTATIONS:
             from dgm.errors import unknown_name
 
@@ -78,19 +104,26 @@ class DataSpec:
 
     @property
     def is_image(self) -> bool:
-        return len(self.shape) == 3
+        return self.kind == "image"
+
+    @property
+    def is_variable_length(self) -> bool:
+        """Whether examples are padded sequences or sets, with a ``mask`` in every batch."""
+        return self.kind in _KIND_REPRESENTATION
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The number of distinct tokens of a token dataset (``None`` for other kinds)."""
+        return self.levels if self.kind == "tokens" else None
 
     @property
     def dim(self) -> int:
-        """Number of dimensions of one example (the D of bits per dimension)."""
+        """Number of dimensions of one example (the D of bits per dimension); for tokens and points,
+        of a full-length padded example: count the real ones with a batch's ``mask``."""
         d = 1
         for s in self.shape:
             d *= s
         return d
-
-    @property
-    def is_binary(self) -> bool:
-        return self.representation in BINARY_REPRESENTATIONS
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,10 +135,17 @@ class DataSpec:
 
 @dataclass
 class Batch:
-    """One batch: examples ``x`` in the dataset's representation, labels ``y`` when present."""
+    """One batch: examples ``x`` in the dataset's representation, labels ``y`` when present.
+
+    ``labelled`` marks the examples whose label is known when only some are (semi-supervised data,
+    :meth:`Dataset.with_labelled`): there ``y`` holds :data:`UNLABELLED` (-1). ``mask`` marks the
+    real tokens of padded sequences, or the real points of padded sets.
+    """
 
     x: Tensor  # (B, *shape)
     y: Tensor | None = None  # (B,) int64
+    labelled: Tensor | None = None  # (B,) bool, True where y is known; None: every y is known
+    mask: Tensor | None = None  # (B, L) tokens or (B, N) points, bool, True where real; None: fixed size
 
 
 class Dataset:
@@ -117,17 +157,35 @@ class Dataset:
         labels: ``(N,)`` int64 labels, or ``None``.
         spec: the :class:`DataSpec` (its ``representation`` decides what batches look like).
         train: whether this is a training split (``binary-dynamic`` resamples only there).
+        labelled: ``(N,)`` bool, True where the label is known (``labels`` holds :data:`UNLABELLED`
+            elsewhere); ``None`` when every label is known.
+        lengths: ``(N,)`` int64 number of real tokens or points of each padded example (token and
+            point data); batches carry the matching ``mask``.
+        factors: ``(N, K)`` int64 indices of the generative factors of each example, for data made
+            from known factors (their names and sizes in ``spec.extras["factors"]`` and
+            ``["factor_sizes"]``).
     """
 
-    def __init__(self, raw: Tensor, labels: Tensor | None, spec: DataSpec, *, train: bool) -> None:
+    def __init__(self, raw: Tensor, labels: Tensor | None, spec: DataSpec, *, train: bool,
+                 labelled: Tensor | None = None, lengths: Tensor | None = None,
+                 factors: Tensor | None = None) -> None:
         if tuple(raw.shape[1:]) != spec.shape:
             raise ValueError(f"raw data of shape {tuple(raw.shape)} does not match spec shape {spec.shape}")
-        if labels is not None and len(labels) != len(raw):
-            raise ValueError(f"{len(labels)} labels for {len(raw)} examples")
+        for what, t in (("labels", labels), ("labelled flags", labelled), ("lengths", lengths),
+                        ("factor rows", factors)):
+            if t is not None and len(t) != len(raw):
+                raise ValueError(f"{len(t)} {what} for {len(raw)} examples")
+        if labelled is not None and labels is None:
+            raise ValueError("labelled flags for a dataset without labels")
+        if spec.is_variable_length and lengths is None:
+            raise ValueError(f"{spec.kind} data needs the lengths of its examples")
         self.raw = raw
         self.labels = labels
         self.spec = spec
         self.train = train
+        self.labelled = labelled
+        self.lengths = lengths
+        self.factors = factors
         self._static: Tensor | None = None  # the fixed binarization, made on first use
 
     def __len__(self) -> int:
@@ -141,20 +199,46 @@ class Dataset:
     def device(self) -> torch.device:
         return self.raw.device
 
+    def _map(self, f: Callable[[Tensor], Tensor], spec: DataSpec | None = None) -> Dataset:
+        """This split with ``f`` applied to the examples and every per-example tensor."""
+        def g(t: Tensor | None) -> Tensor | None:
+            return None if t is None else f(t)
+
+        return Dataset(f(self.raw), g(self.labels), spec or self.spec, train=self.train,
+                       labelled=g(self.labelled), lengths=g(self.lengths), factors=g(self.factors))
+
     def to(self, device: str | torch.device) -> Dataset:
         """The same split with its tensors on ``device``."""
-        labels = None if self.labels is None else self.labels.to(device)
-        return Dataset(self.raw.to(device), labels, self.spec, train=self.train)
+        return self._map(lambda t: t.to(device))
 
     def with_representation(self, representation: str) -> Dataset:
         """The same tensors presented in another representation (no copy)."""
         spec = DataSpec(**{**self.spec.to_json(), "representation": representation})
-        return Dataset(self.raw, self.labels, spec, train=self.train)
+        return self._map(lambda t: t, spec)
 
     def subset(self, n: int) -> Dataset:
         """The first ``n`` examples (deterministic; for quick runs and evaluation budgets)."""
-        labels = None if self.labels is None else self.labels[:n]
-        return Dataset(self.raw[:n], labels, self.spec, train=self.train)
+        return self._map(lambda t: t[:n])
+
+    def with_labelled(self, n: int, seed: int) -> Dataset:
+        """This split with the labels of only ``n`` examples kept, the same number per class.
+
+        The kept examples are drawn with ``seed`` (:func:`dgm.data.labels.balanced_labelled`: ``n //
+        K`` per class, and one more for the first ``n mod K`` classes); the other labels become
+        :data:`UNLABELLED` and their ``labelled`` flag False (semi-supervised learning, as in the
+        100-label MNIST of Kingma et al. 2014).
+
+        Raises:
+            DgmError: the split has no labels, fewer than ``n`` known labels, or a class with fewer
+                examples than it needs.
+        """
+        from dgm.data.labels import balanced_labelled
+
+        known = balanced_labelled(self.labels, self.labelled, n, seed, num_classes=self.spec.num_classes,
+                                  class_names=self.spec.class_names, name=self.spec.name)
+        labels = torch.where(known, self.labels, torch.full_like(self.labels, UNLABELLED))
+        return Dataset(self.raw, labels, self.spec, train=self.train, labelled=known,
+                       lengths=self.lengths, factors=self.factors)
 
     # --- representations --------------------------------------------------------------------------
     def present(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -186,10 +270,6 @@ class Dataset:
             self._static = torch.bernoulli(unit, generator=g).to(self.raw.device)
         return self._static
 
-    def to_unit(self, x: Tensor) -> Tensor:
-        """Map examples in this representation back to [0, 1] for display (images only)."""
-        return to_unit(x, self.spec)
-
     # --- iteration --------------------------------------------------------------------------------
     def batches(self, batch_size: int, *, shuffle: bool = False, drop_last: bool = False,
                 generator: torch.Generator | None = None, start: int = 0) -> Iterator[Batch]:
@@ -213,8 +293,7 @@ class Dataset:
             x = self.present(index, generator)
             if i < start:
                 continue
-            y = None if self.labels is None else self.labels[index]
-            yield Batch(x, y)
+            yield self._batch(x, index)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         n = len(self)
@@ -224,7 +303,16 @@ class Dataset:
         """The first ``n`` examples (all by default) as one batch, in this representation."""
         n = len(self) if n is None else min(n, len(self))
         index = torch.arange(n, device=self.device)
-        return Batch(self.present(index), None if self.labels is None else self.labels[:n])
+        return self._batch(self.present(index), index)
+
+    def _batch(self, x: Tensor, index: Tensor) -> Batch:
+        """The batch of the examples ``x`` at ``index``, with their labels and masks."""
+        y = None if self.labels is None else self.labels[index]
+        labelled = None if self.labelled is None else self.labelled[index]
+        mask = None
+        if self.lengths is not None:  # (B, L): position i is real when i < length
+            mask = torch.arange(self.spec.shape[0], device=self.device) < self.lengths[index, None]
+        return Batch(x, y, labelled, mask)
 
 
 def uniform_noise(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:

@@ -42,12 +42,15 @@ class Request:
 class Part:
     """One split as loaded: raw examples, labels, and what the DataSpec needs to know about them."""
 
-    x: np.ndarray  # (N, *shape): uint8 levels or float32
+    x: np.ndarray  # (N, *shape): uint8 levels, float32, or padded tokens / points
     y: np.ndarray | None  # (N,) int64 labels
-    levels: int | None  # None for continuous data
+    levels: int | None  # None for continuous data; the vocabulary size of tokens
     class_names: list[str] | None = None
     num_classes: int | None = None  # defaults to len(class_names)
     extras: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None  # DataSpec.kind: None infers image or vector from the shape
+    lengths: np.ndarray | None = None  # (N,) int64 real tokens / points of each padded example
+    factors: np.ndarray | None = None  # (N, K) int64 generative factor indices (extras["factors"])
 
     def __post_init__(self) -> None:
         if self.num_classes is None and self.class_names is not None:
