@@ -1,6 +1,8 @@
 """The one trainer: a two-phase model through the unchanged loop, resume, NaN stop, checkpoints."""
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -92,8 +94,8 @@ def vae_trainer(run_dir, data=None, epochs=3, **train):
     data = data if data is not None else image_dataset(n=200, representation="binary-dynamic")
     torch.manual_seed(0)
     model = create("vae", data.spec, latent_dim=4, hidden=(32,), likelihood="bernoulli")
-    config = TrainConfig(epochs=epochs, batch_size=32, progress=False, log_every=2, ema=0.9,
-                         device="cpu", sample_every=0, **train)
+    config = TrainConfig(**{"epochs": epochs, "batch_size": 32, "progress": False, "log_every": 2, "ema": 0.9,
+                            "device": "cpu", "sample_every": 0, **train})
     return Trainer(model, data, config, run_dir=run_dir)
 
 
@@ -130,25 +132,118 @@ def test_interrupted_run_resumes_on_the_same_loss_curve(tmp_path):
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    trainer = vae_trainer(tmp_path, epochs=3)
+@pytest.mark.parametrize("caught_by", ["log row", "checkpoint", "error"])
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, caught_by):
+    """The loss goes NaN at step 7 (epoch 2; checkpoint after step 6). Nothing is read per step, so
+    the NaN is found at the next log row (step 8), before a checkpoint due right after it (step 7),
+    or when the spoiled weights make the next step fail: each time the run stops with the last good
+    checkpoint untouched."""
+    log_every = 2 if caught_by == "log row" else 100
+    trainer = vae_trainer(tmp_path, epochs=3, log_every=log_every, checkpoint_minutes=1.0)
+    # the clock jumps by an hour once step 7 ran: a time-interval checkpoint is then due
+    trainer.clock = lambda: 3600.0 * (caught_by == "checkpoint" and trainer.position.step >= 7)
     original_loss = trainer.model.loss
     calls = {"n": 0}
 
     def nan_in_second_epoch(*args, **kwargs):
         calls["n"] += 1
+        if calls["n"] == 8 and caught_by == "error":  # e.g. a distribution refusing NaN parameters
+            raise ValueError("invalid parameters")
         out = original_loss(*args, **kwargs)
-        if calls["n"] == 8:
+        if calls["n"] == 7:
             out.loss = out.loss * float("nan")
         return out
 
     trainer.model.loss = nan_in_second_epoch
-    with pytest.raises(TrainingDiverged, match=r"nan at step 7 .*last good checkpoint \(epoch 1, step 6\)"):
+    last = {"log row": 8, "checkpoint": 7, "error": 7}[caught_by]
+    with pytest.raises(TrainingDiverged, match=rf"NaN between step 6 and step {last} .*"
+                                               r"last good checkpoint \(epoch 1, step 6\)") as caught:
         trainer.fit()
+    if caught_by == "error":
+        assert isinstance(caught.value.__context__, ValueError)
     state = ckpt.load_json(tmp_path / ckpt.TRAINER_STATE)
     assert state["epoch"] == 1 and state["step"] == 6
     weights = ckpt.load_tensors(tmp_path / ckpt.WEIGHTS)
     assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not any(torch.isfinite(p).all() for p in trainer.model.parameters())  # spoiled, never saved
+    assert all(r["step"] <= 6 for r in read_csv(tmp_path / "metrics.csv"))  # no row from the NaN interval
+
+
+def test_the_loop_reads_nothing_back_from_the_device_per_step(monkeypatch):
+    """No .item(), float(t), bool(t), .tolist() in the trainer per step (each waits for the GPU): the
+    reads are per log row and per epoch, the same for 6 or 24 steps an epoch."""
+    reads = []
+    for method in ("item", "tolist", "__float__", "__bool__", "__int__", "__index__"):
+        def spy(self, *args, _original=getattr(torch.Tensor, method), _method=method, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith(os.path.join("train", "trainer.py")):
+                reads.append((_method, sys._getframe(1).f_code.co_name))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, spy)
+    counts = {}
+    for n in (200, 800):  # 6 and 24 steps an epoch
+        reads.clear()
+        trainer = vae_trainer(None, data=image_dataset(n=n, representation="binary-dynamic"), epochs=2,
+                              log_every=1000)
+        trainer.fit()
+        counts[n] = sorted(reads)
+    assert counts[200] == counts[800] and len(counts[200]) <= 10, counts
+
+
+def test_metrics_log_the_learning_rate_each_phase_used():
+    """``lr`` is the rate of the phase's last step in the interval (warm-up included); with several
+    phases, one ``PHASE/lr`` column each, from the phase's own rate."""
+    trainer = vae_trainer(None, epochs=1, warmup_steps=4)  # log_every=2; step s used lr * min(1, s / 4)
+    rows = trainer.fit()
+    assert [(r["step"], r["lr"]) for r in rows] == [(2, 0.5e-3), (4, 1e-3), (6, 1e-3)]
+
+    data = shifted_vectors()
+    model = MeanGame(MeanGameConfig(critic_steps=2), data.spec)
+    model.phases = lambda: [Phase("critic", [model.w], steps=2, lr=0.05), Phase("generator", [model.mu], lr=0.02)]
+    rows = Trainer(model, data, TrainConfig(epochs=1, batch_size=64, log_every=3, progress=False,
+                                            device="cpu")).fit()
+    # 8 steps: rows at 3 and 6 (both players stepped), and at the epoch's end (7, 8: critic steps only)
+    assert [{k: v for k, v in r.items() if k.endswith("lr")} for r in rows] == [
+        {"critic/lr": 0.05, "generator/lr": 0.02}, {"critic/lr": 0.05, "generator/lr": 0.02}, {"critic/lr": 0.05}]
+
+
+def test_train_lr_and_betas_that_no_phase_would_use_are_refused():
+    from dgm.models import create
+
+    data = vector_dataset(n=256)
+    gan = create("gan", data.spec, hidden=(8,), latent_dim=2)
+    for setting, message in [({"lr": 2e-4}, r"sets the lr of each of its phases \(critic, generator\), so "
+                                             r"train.lr would not be used: use --set model.lr_critic=\.\.\. / "
+                                             r"model.lr_generator=\.\.\. instead"),
+                             ({"betas": (0.5, 0.9)}, r"train.betas would not be used: use --set model.betas=")]:
+        with pytest.raises(DgmError, match=message):
+            Trainer(gan, data, TrainConfig(device="cpu", progress=False, **setting))
+    Trainer(gan, data, TrainConfig(device="cpu", progress=False))  # the defaults are not "set"
+    # a model whose phases take the trainer's betas: train.betas is used, so it may be set
+    game = MeanGame(MeanGameConfig(), shifted_vectors().spec)
+    Trainer(game, shifted_vectors(), TrainConfig(device="cpu", betas=(0.5, 0.9)))
+    with pytest.raises(DgmError, match="drop train.lr"):  # its config names no rate to use instead
+        Trainer(game, shifted_vectors(), TrainConfig(device="cpu", lr=0.1))
+
+
+def test_run_train_leaves_the_given_config_as_it_was(tmp_path, monkeypatch):
+    """run.train resolves the model's defaults, its EMA and the tiny caps into config.json, not into
+    the caller's RunConfig."""
+    import copy
+
+    import dgm
+    from dgm.run import RunConfig, read_config
+
+    monkeypatch.setenv("DGM_TINY", "1")
+    config = RunConfig("ddpm", {"timesteps": 10, "width": 8, "channel_mults": (1,)},
+                       dgm.DataConfig("digits"), TrainConfig(epochs=1, progress=False, device="cpu"))
+    given = copy.deepcopy(config)
+    _, run_dir = dgm.train(config, tmp_path / "run")
+    assert config == given
+    written, _ = read_config(run_dir)
+    assert written.train.ema == 0.999 and written.train.max_steps_per_epoch == 2
+    assert written.data.max_examples == 256 and written.model_config["timesteps"] == 10
+    assert set(written.model_config) > set(config.model_config)  # the model's defaults, resolved
 
 
 def record_gradients(trainer):

@@ -5,6 +5,7 @@ from it and the safetensors weights beside it, so a run is reproducible from its
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,7 @@ from dgm import __version__
 from dgm.data.core import DataSpec, Dataset
 from dgm.errors import DgmError, unknown_name
 from dgm.models.base import GenerativeModel, config_to_json, make_config, model_class
-from dgm.settings import PositiveInt, coerce, type_hints
+from dgm.settings import NonNegativeInt, PositiveInt, coerce, type_hints
 from dgm.train import checkpoint as ckpt
 from dgm.train.trainer import TrainConfig, Trainer, resolve_device
 
@@ -31,6 +32,10 @@ class DataConfig:
     size: PositiveInt | None = None  # folder: images are resized to size x size
     channels: Literal[1, 3] | None = None  # folder: 1 (grayscale) or 3 (RGB)
     max_examples: PositiveInt | None = None  # train on the first N examples only (quick runs)
+    # keep the labels of this many training examples, the same number per class, chosen with
+    # data.seed; the rest unlabelled (semi-supervised models): see dgm.data.labels
+    labelled: PositiveInt | None = None
+    seed: NonNegativeInt = 0  # the data's own draws (the labelled subset), apart from the run's seed
 
 
 @dataclass
@@ -107,6 +112,8 @@ def load_data(config: RunConfig, split: str, *, device: str | torch.device = "cp
     dataset = natural.with_representation(representation)
     if split == "train" and d.max_examples:
         dataset = dataset.subset(d.max_examples)
+    if split == "train" and d.labelled:  # the test split keeps every label, to score classifiers
+        dataset = dataset.with_labelled(d.labelled, d.seed)
     return dataset
 
 
@@ -144,7 +151,11 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[
     """Train the run described by ``config`` into the folder ``out`` (or resume the run there).
 
     Returns the trained model (carrying its EMA weights if EMA was kept) and the run directory.
+    ``config`` is left as given: the settings resolved here (the model's defaults, its EMA, the
+    batch size that fits the split, the tiny caps) go to the run's ``config.json``, which
+    :func:`read_config` reads back.
     """
+    config = copy.deepcopy(config)  # resolved below; the caller's stays as it was
     out = Path(out)
     if tiny():
         cap_to_tiny(config)
@@ -186,12 +197,16 @@ def check_resumable(run_dir: Path, epochs: int) -> None:
 
 
 def monitors(model: GenerativeModel, data: Dataset) -> list[Any]:
-    """Diagnostics the data calls for, logged during training (a model adds its own through
-    ``model.callbacks()``): mode coverage on mixtures with known modes."""
-    from dgm.eval.toys import ModeCoverageMonitor
+    """The diagnostics logged during training: those the data calls for (mode coverage on mixtures
+    with known modes) and those the model names (:meth:`GenerativeModel.monitors`, e.g. a game's
+    duality gaps), built from :data:`dgm.eval.MONITORS`."""
+    from dgm.eval import build_monitor
     from dgm.models.base import capabilities
 
-    return [ModeCoverageMonitor()] if "modes" in data.spec.extras and "sample" in capabilities(model) else []
+    wanted = dict(model.monitors())
+    if "modes" in data.spec.extras and "sample" in capabilities(model):
+        wanted.setdefault("mode_coverage", {})
+    return [build_monitor(name, options) for name, options in wanted.items()]
 
 
 def read_config(run_dir: str | Path) -> tuple[RunConfig, DataSpec]:

@@ -31,10 +31,12 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         """Average in the weights after optimiser step ``step`` (0-based, the trainer's round count)."""
         weight = 1.0 - self.decay_at(step)
-        for key, value in model.state_dict().items():
-            if value.is_floating_point():
-                self.shadow[key].lerp_(value.detach(), weight)
-            else:
+        state = model.state_dict()
+        floats = [key for key, value in state.items() if value.is_floating_point()]
+        # one fused call over all the tensors (a handful of kernels on a GPU, not one per tensor)
+        torch._foreach_lerp_([self.shadow[k] for k in floats], [state[k] for k in floats], weight)
+        for key, value in state.items():
+            if not value.is_floating_point():
                 self.shadow[key].copy_(value)
 
     @contextmanager

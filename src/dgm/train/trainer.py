@@ -10,6 +10,15 @@ every step on a fresh batch::
             phase = cycle[i % len(cycle)]          # e.g. [critic] * 5 + [generator]
             loss = model.loss(batch, phase.name, progress)
             step(phase.optimizer, loss)
+            sums += loss.detach()                  # on the device: no host sync in the loop
+            if i % log_every == 0:
+                check_finite(); write_row(sums)    # the one read of the device per interval
+
+Nothing in a step reads a value back to the host (``.item()``, ``float(tensor)``, a Python ``if``
+on a tensor): on a GPU that would wait for every kernel queued so far, each step. Losses and
+metrics are summed on the device and read at the logging interval; whether a loss went NaN or
+infinite is summed there too and checked at the logging interval and before every checkpoint, so a
+diverged run stops within ``train.log_every`` steps and never overwrites its last good checkpoint.
 
 Extensions (mode-coverage logging, duality gaps, ...) attach as callbacks, not as edits here.
 """
@@ -22,7 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -43,8 +52,10 @@ class TrainConfig:
 
     epochs: PositiveInt = 10  # passes over the training split
     batch_size: PositiveInt = 128  # examples per optimiser step
-    lr: PositiveFloat = 1e-3  # Adam learning rate (a phase may set its own)
-    betas: tuple[Decay, Decay] = (0.9, 0.999)  # Adam betas (a phase may set its own)
+    # Adam learning rate of the phases that do not set their own (a GAN's players set theirs: then a
+    # value other than this default counts as set by hand and is refused, naming the model's settings)
+    lr: PositiveFloat = 1e-3
+    betas: tuple[Decay, Decay] = (0.9, 0.999)  # Adam betas of the phases without their own (refused as lr is)
     weight_decay: NonNegativeFloat = 0.0  # decoupled weight decay (AdamW)
     schedule: Literal["constant", "cosine"] = "constant"  # learning-rate schedule after warm-up
     warmup_steps: NonNegativeInt = 0  # linear learning-rate warm-up from 0, in optimiser rounds
@@ -73,6 +84,8 @@ class TrainingDiverged(DgmError):
 
 class TrainingInterrupted(DgmError):
     """Ctrl-C during training; the state at the last completed step was saved."""
+
+    exit_code = 130  # as a shell reports a process ended by SIGINT
 
 
 @dataclass
@@ -116,7 +129,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.callbacks = list(callbacks) + list(model.callbacks())
+        self.callbacks = list(callbacks)
         if len(self.data) == 0:
             raise DgmError(f"the training split of {data.spec.name!r} is empty: give the data at least one example")
         if len(self.data) < self.config.batch_size:  # a small folder trains on the whole split per step
@@ -126,14 +139,19 @@ class Trainer:
         config = self.config
         torch.manual_seed(config.seed)  # noise the model draws in training comes from here
         self.phases: list[Phase] = model.phases()
+        self._refuse_unused_settings()
         self.optimizers = {p.name: torch.optim.AdamW(
-            p.parameters, lr=p.lr or config.lr, betas=p.betas or config.betas,
+            p.parameters, lr=self.phase_lr(p), betas=p.betas or config.betas,
             weight_decay=config.weight_decay) for p in self.phases}
         self.ema = EMA(model, config.ema) if config.ema else None
         self.data_rng = torch.Generator(device="cpu").manual_seed(config.seed)
         self.position = _Position()
-        self._log_sums: dict[str, float] = {}
-        self._log_count = 0
+        # the current log interval, kept on the device: sums of each logged value, (), float32
+        self._log_sums: dict[str, Tensor] = {}
+        self._log_counts: dict[str, int] = {}  # optimiser steps of each phase in the interval
+        self._nonfinite: dict[str, Tensor] = {}  # per phase: count of NaN/inf losses, (), int64
+        self._checked_step = 0  # every loss up to this step is known to be finite
+        self._postfix = ""  # the progress bar's text: the losses of the last logged row
         self._saved_at = self.clock()  # when the last checkpoint was written (clock seconds)
 
     #: seconds on a monotonic clock, read once per step for time-interval checkpoints (tests replace it)
@@ -148,6 +166,25 @@ class Trainer:
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.config.epochs
+
+    def phase_lr(self, phase: Phase) -> float:
+        """The base learning rate of ``phase``: its own, else ``train.lr`` (before the schedule)."""
+        return phase.lr or self.config.lr
+
+    def _refuse_unused_settings(self) -> None:
+        """``train.lr`` / ``train.betas`` set (i.e. not the default) for a model whose phases all set
+        their own would be silently ignored: say which of the model's settings to use instead."""
+        defaults = TrainConfig()
+        for key in ("lr", "betas"):
+            if getattr(self.config, key) == getattr(defaults, key) or \
+                    any(getattr(p, key) is None for p in self.phases):
+                continue
+            own = [f"model.{f.name}=..." for f in fields(self.model.config)
+                   if f.name == key or f.name.startswith(key + "_")] if is_dataclass(self.model.config) else []
+            raise DgmError(
+                f"model {self.model.name!r} sets the {key} of each of its phases "
+                f"({', '.join(p.name for p in self.phases)}), so train.{key} would not be used: "
+                + (f"use --set {' / '.join(own)} instead" if own else f"drop train.{key}"))
 
     def lr_factor(self, step: int) -> float:
         c = self.config
@@ -173,6 +210,7 @@ class Trainer:
         """
         if resume:
             self.load_checkpoint()
+        self._checked_step = self.position.step  # a checkpoint holds finite losses only
         self._saved_at = self.clock()
         c, pos = self.config, self.position
         bar = None
@@ -193,18 +231,22 @@ class Trainer:
                     if pos.batch >= self.steps_per_epoch:
                         break
                     phase = cycle[pos.batch % len(cycle)]
-                    with autocast:
-                        out = self.model.loss(batch, phase.name, Progress(pos.step, pos.epoch, self.total_steps))
-                    self._check_finite(out.loss, phase)
-                    self._step(phase, out.loss)
+                    try:
+                        with autocast:
+                            out = self.model.loss(batch, phase.name, Progress(pos.step, pos.epoch, self.total_steps))
+                        self._step(phase, out.loss)
+                    except Exception:
+                        self._check_finite()  # an error on weights an unchecked NaN step spoiled is that NaN
+                        raise
                     pos.batch += 1
                     pos.step += 1
                     self._accumulate(phase, out)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix_str(f"{phase.name} loss {out.loss.item():.4g}", refresh=False)
                     if pos.step % c.log_every == 0:
-                        self._log_row()
+                        self._log_row()  # checks that the losses are finite before writing the row
+                        if bar is not None:
+                            bar.set_postfix_str(self._postfix, refresh=False)
                     if pos.batch < self.steps_per_epoch and self._checkpoint_due():
                         self.save_checkpoint()  # inside a long epoch; the epoch's end saves anyway
                     if self.stop_requested:
@@ -245,8 +287,8 @@ class Trainer:
 
     def _step(self, phase: Phase, loss: Tensor) -> None:
         optimizer = self.optimizers[phase.name]
-        for group in optimizer.param_groups:
-            group["lr"] = (phase.lr or self.config.lr) * self.lr_factor(self.position.step)
+        for group in optimizer.param_groups:  # the rate used here is the one logged for the phase
+            group["lr"] = self.phase_lr(phase) * self.lr_factor(self.position.step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
@@ -261,42 +303,65 @@ class Trainer:
         minutes = self.config.checkpoint_minutes
         return self.run_dir is not None and minutes > 0 and self.clock() - self._saved_at >= 60 * minutes
 
-    def _check_finite(self, loss: Tensor, phase: Phase) -> None:
-        if torch.isfinite(loss).item():
-            return
+    def _check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` if a loss since the last check was NaN or infinite.
+
+        One read of the device; called at each log row, before every checkpoint and on an error,
+        so a diverged step is never saved (its NaN weights stay in memory only).
+        """
         pos = self.position
+        counts = torch.stack(list(self._nonfinite.values())).tolist() if self._nonfinite else []
+        diverged = [name for name, count in zip(self._nonfinite, counts) if count]
+        if not diverged:
+            self._checked_step = pos.step
+            return
+        phase = diverged[0]
+        total = self._log_sums.get(self._metric_names(phase, ["loss"])[0])  # holds the bad loss
+        value = float(total) if total is not None else math.nan
+        kind = "NaN" if math.isnan(value) else "infinite" if math.isinf(value) else "NaN or infinite"
         kept = "no checkpoint was written yet"
         if self.run_dir and (self.run_dir / ckpt.TRAINER_STATE).exists():  # perhaps mid-epoch, perhaps older
             saved = ckpt.load_json(self.run_dir / ckpt.TRAINER_STATE)
             kept = f"the last good checkpoint (epoch {saved['epoch']}, step {saved['step']}) is kept in {self.run_dir}"
         raise TrainingDiverged(
-            f"the {phase.name} loss became {loss.item()} at step {pos.step} (epoch {pos.epoch + 1}); {kept}: "
+            f"the {phase} loss became {kind} between step {self._checked_step} and step {pos.step} "
+            f"(epoch {pos.epoch + 1}; checked every train.log_every={self.config.log_every} steps); {kept}: "
             f"lower --set train.lr, set --set train.grad_clip=1.0, or try --set train.precision=fp32")
 
     # --- logging ----------------------------------------------------------------------------------
-    def _metric_names(self, phase: Phase, names: Sequence[str]) -> list[str]:
-        # one phase: "loss", "kl"; several players: "critic/loss", "generator/loss"
-        return list(names) if len(self.phases) == 1 else [f"{phase.name}/{n}" for n in names]
+    def _metric_names(self, phase: str, names: Sequence[str]) -> list[str]:
+        # one phase: "loss", "kl", "lr"; several players: "critic/loss", "generator/loss", "critic/lr"
+        return list(names) if len(self.phases) == 1 else [f"{phase}/{n}" for n in names]
 
     def _accumulate(self, phase: Phase, out) -> None:  # noqa: ANN001 (a Loss)
-        values = {"loss": out.loss.detach(), **{k: v.detach() for k, v in out.metrics.items()}}
-        for name, value in zip(self._metric_names(phase, list(values)), values.values()):
-            self._log_sums[name] = self._log_sums.get(name, 0.0) + float(value.float().mean())
-        self._log_sums.setdefault("_count/" + phase.name, 0.0)
-        self._log_sums["_count/" + phase.name] += 1
+        """Add the step's loss and metrics to the interval's sums, on the device: nothing is read."""
+        loss = out.loss.detach()
+        values = {"loss": loss, **{k: v.detach() for k, v in out.metrics.items()}}
+        for name, value in zip(self._metric_names(phase.name, list(values)), values.values()):
+            value = value.float().mean()
+            self._log_sums[name] = self._log_sums[name] + value if name in self._log_sums else value
+        bad = torch.isfinite(loss).logical_not().sum()
+        self._nonfinite[phase.name] = self._nonfinite[phase.name] + bad if phase.name in self._nonfinite else bad
+        self._log_counts[phase.name] = self._log_counts.get(phase.name, 0) + 1
+
+    def _read_sums(self) -> dict[str, float]:
+        """The interval's sums, read from the device at once."""
+        totals = torch.stack(list(self._log_sums.values())).tolist() if self._log_sums else []
+        return dict(zip(self._log_sums, totals))
 
     def _log_row(self, extra: dict[str, float] | None = None) -> None:
+        self._check_finite()  # a row is never written from a NaN interval
         pos = self.position
-        counts = {k.split("/", 1)[1]: v for k, v in self._log_sums.items() if k.startswith("_count/")}
         row: dict[str, float] = {"step": pos.step, "epoch": pos.epoch + pos.batch / max(1, self.steps_per_epoch)}
-        for name, total in self._log_sums.items():
-            if name.startswith("_count/"):
-                continue
+        for name, total in self._read_sums().items():
             phase = name.split("/", 1)[0] if len(self.phases) > 1 else self.phases[0].name
-            row[name] = total / counts[phase]
-        row["lr"] = self.config.lr * self.lr_factor(pos.step)
+            row[name] = total / self._log_counts[phase]
+        for phase, optimizer in self.optimizers.items():  # the rate of each phase's last step
+            if self._log_counts.get(phase):
+                row[self._metric_names(phase, ["lr"])[0]] = optimizer.param_groups[0]["lr"]
         row.update(extra or {})
-        self._log_sums = {}
+        self._log_sums, self._log_counts = {}, {}
+        self._postfix = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.split("/")[-1] == "loss")
         pos.history.append(row)
         if self.run_dir is not None:
             append_csv(self.run_dir / "metrics.csv", pos.history)
@@ -320,16 +385,20 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.steps_per_epoch, initial=self.position.batch, leave=False,
-                    desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=self.steps_per_epoch, initial=self.position.batch, leave=False,
+                   desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step", dynamic_ncols=True)
+        if self._postfix:
+            bar.set_postfix_str(self._postfix, refresh=False)
+        return bar
 
     def _end_epoch(self) -> None:
+        self._check_finite()  # before the callbacks sample from the weights
         pos = self.position
         extra: dict[str, float] = {}
         for callback in self.callbacks:
             hook = getattr(callback, "on_epoch_end", None)
             extra.update((hook(self, pos.epoch) if hook else None) or {})
-        if self._log_sums or extra:
+        if self._log_counts or extra:
             self._log_row(extra)
         if self.run_dir is not None and self.config.sample_every and "sample" in capabilities(self.model) \
                 and (pos.epoch + 1) % self.config.sample_every == 0:
@@ -340,7 +409,8 @@ class Trainer:
 
     @torch.inference_mode()
     def save_sample_grid(self, path: Path) -> None:
-        from dgm.report.images import sample_picture, save
+        from dgm.data.pictures import sample_picture
+        from dgm.io.images import save
 
         x = self.evaluation_samples(self.config.num_samples, seed=self.config.seed, progress=self.config.progress)
         reference = self.data.tensors(2000).x if not self.data.spec.is_image else None
@@ -369,6 +439,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.run_dir is None:
             return
+        self._check_finite()  # never a checkpoint after a NaN step: the last good one stays
         self.run_dir.mkdir(parents=True, exist_ok=True)
         pos = self.position
         tensors: dict[str, Tensor] = {"rng/torch": torch.get_rng_state(),
@@ -385,8 +456,10 @@ class Trainer:
         files: dict[str, dict[str, Tensor]] = {ckpt.WEIGHTS: self.model.state_dict(), ckpt.TRAINER_TENSORS: tensors}
         if self.ema is not None:
             files[ckpt.EMA_WEIGHTS] = self.ema.shadow
+        # a log interval cut by the checkpoint: its float32 sums, exactly, and its step counts
+        log_sums = {**self._read_sums(), **{f"_count/{p}": n for p, n in self._log_counts.items()}}
         state = {"epoch": pos.epoch, "batch": pos.batch, "step": pos.step,
-                 "optimizers": optim_meta, "log_sums": self._log_sums, "config": asdict(self.config)}
+                 "optimizers": optim_meta, "log_sums": log_sums, "config": asdict(self.config)}
         # all files or none: a crash while saving leaves the previous checkpoint whole
         ckpt.save_checkpoint(self.run_dir, files, state)
         self._saved_at = self.clock()
@@ -412,7 +485,11 @@ class Trainer:
         pos = self.position
         pos.epoch, pos.batch, pos.step = state["epoch"], state["batch"], state["step"]
         pos.data_rng = tensors.get("rng/data_epoch_start")
-        self._log_sums = state["log_sums"]  # a log interval cut by the interrupt goes on where it was
+        # a log interval cut by the interrupt goes on where it was, with the same float32 sums
+        sums = state["log_sums"]
+        self._log_counts = {k.split("/", 1)[1]: int(v) for k, v in sums.items() if k.startswith("_count/")}
+        self._log_sums = {k: torch.tensor(v, dtype=torch.float32, device=self.device)
+                          for k, v in sums.items() if not k.startswith("_count/")}
         # continue the same curve: keep the rows logged up to the checkpoint, drop any logged after it
         pos.history = [r for r in read_csv(self.run_dir / "metrics.csv") if r["step"] <= pos.step]
         if pos.history:
