@@ -231,6 +231,17 @@ def test_bad_requests_get_one_clear_line():
         create("ddpm", image_dataset(representation="unit").spec)
 
 
+def test_unet_levels_default_by_image_size_and_an_explicit_choice_the_size_cannot_take_is_refused():
+    def levels(model) -> int:  # one stride-2 convolution per level but the last
+        return 1 + sum(isinstance(m, nn.Conv2d) and m.stride == (2, 2) for m in model.network.modules())
+
+    small, large = (image_dataset(n=4, size=size, representation="signed").spec for size in (8, 16))
+    assert levels(create("ddpm", small, width=8)) == 2 and levels(create("ddpm", large, width=8)) == 3
+    assert levels(create("ddpm", small, width=8, channel_mults=(1, 2, 2))) == 3  # honoured, not cut: 8, 4, 2
+    with pytest.raises(DgmError, match=r"8x8 does not allow .*multiples of 16.*at most 4 levels.*channel_mults=1,2,2,2$"):
+        create("ddpm", small, width=8, channel_mults=(1, 2, 2, 2, 2))
+
+
 @pytest.mark.parametrize("settings", [
     dict(), dict(prediction="x0"), dict(prediction="v", schedule="cosine"),
     dict(variance="learned", loss="hybrid"), dict(loss="vlb", variance="fixed-large"),
@@ -282,8 +293,8 @@ def bound_terms_written_out(model, x: Tensor, noises: list[Tensor]) -> list[Tens
             x0_hat = head
         else:  # v = sqrt(abar) eps - sqrt(1 - abar) x0
             x0_hat = abar[t].sqrt() * xt - (1 - abar[t]).sqrt() * head
-        if levels:
-            x0_hat = x0_hat.clamp(-1, 1)  # images lie in [-1, 1]
+        if levels and c.bound_clip:
+            x0_hat = x0_hat.clamp(-1, 1)  # images lie in [-1, 1]: the bound clips x0 as the reference evaluators do
         mean = posterior_mean(x0_hat, xt, t)
         if c.prediction == "epsilon" and not levels:  # the same mean by eq. 11
             torch.testing.assert_close(mean, (xt - betas[t] / (1 - abar[t]).sqrt() * head) / alphas[t].sqrt())
@@ -321,6 +332,7 @@ def bound_terms_written_out(model, x: Tensor, noises: list[Tensor]) -> list[Tens
 
 @pytest.mark.parametrize("settings", [
     dict(data="images", short_chain=True),
+    dict(data="images", short_chain=True, bound_clip=False),
     dict(data="images", prediction="v", variance="fixed-large", schedule="cosine"),
     dict(data="images", prediction="x0", variance="learned", loss="hybrid", short_chain=True),
     dict(data="vectors", variance="learned", loss="hybrid", schedule="cosine"),
@@ -359,7 +371,7 @@ def test_the_bound_is_minus_the_sum_of_its_terms_written_out(settings):
         prior = model.process.prior_kl(x)
         xts = [model.process.q_sample(x, torch.full((3,), t), noise) for t, noise in enumerate(noises)]
         vlb = [model.process.vlb_term(model.denoise(xt, torch.full((3,), t)), x, xt, torch.full((3,), t),
-                                      model.spec.levels) for t, xt in enumerate(xts)]
+                                      model.spec.levels, clip=model.bound_clipped) for t, xt in enumerate(xts)]
     terms = bound_terms_written_out(model, x, noises)
     assert len(terms) == 11 and all(term.shape == (3,) for term in terms)
     assert all((term > 0).all() for term in terms[2:])  # KLs of distinct Gaussians
@@ -369,6 +381,56 @@ def test_the_bound_is_minus_the_sum_of_its_terms_written_out(settings):
     for t in range(10):
         torch.testing.assert_close(vlb[t].double(), terms[1 + t], rtol=1e-4, atol=1e-3, msg=f"term {t}")
     torch.testing.assert_close(elbo.double(), -sum(terms), rtol=1e-5, atol=1e-3)
+
+
+# --- clipping the predicted x0: the bound clips, the training loss does not -----------------------------
+def test_the_clipped_term_is_the_unclipped_one_of_the_clamped_x0():
+    """L_{t-1} from an epsilon network with clipping equals, term for term, L_{t-1} of an x0 network
+    that outputs the clamped x0 without clipping: the same where the predicted x0 is inside [-1, 1],
+    different where it is outside."""
+    betas = SCHEDULES["linear"](10)
+    process, reads_x0 = GaussianDiffusion(betas, clip=True), GaussianDiffusion(betas, prediction="x0")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 17, (8, 1, 4, 4), generator=g).double() / 8 - 1  # on the 17-level grid
+    t = torch.tensor([0, 1, 3, 5, 6, 8, 9, 9])
+    xt = process.q_sample(x0, t, torch.randn(x0.shape, generator=g, dtype=x0.dtype))
+    abar = process.alphas_cumprod[t].view(-1, 1, 1, 1)
+    for x0_hat, inside in [(0.95 * torch.randn(x0.shape, generator=g, dtype=x0.dtype).tanh(), True),
+                           (3 * torch.randn(x0.shape, generator=g, dtype=x0.dtype), False)]:
+        eps_hat = (xt - abar.sqrt() * x0_hat) / (1 - abar).sqrt()  # the epsilon network whose x0 is x0_hat
+        clipped, unclipped, default = [process.vlb_term(eps_hat, x0, xt, t, 17, clip=clip) for clip in (True, False, None)]
+        torch.testing.assert_close(default, clipped)  # a process of bounded data clips unless told otherwise
+        torch.testing.assert_close(unclipped, reads_x0.vlb_term(x0_hat, x0, xt, t, 17))
+        torch.testing.assert_close(clipped, reads_x0.vlb_term(x0_hat.clamp(-1, 1), x0, xt, t, 17))
+        if inside:
+            torch.testing.assert_close(clipped, unclipped)
+        else:
+            assert ((clipped - unclipped).abs() > 1e-3 * unclipped).all()  # late terms are tiny: compare relatively
+
+
+@pytest.mark.parametrize("loss", ["vlb", "hybrid"])
+def test_the_training_loss_uses_the_unclipped_term_and_the_bound_says_which_it_is(loss):
+    data = labelled_signed()
+    variance = "learned" if loss == "hybrid" else "fixed-large"
+    model = create("ddpm", data.spec, timesteps=10, channel_mults=(1, 2), width=8, loss=loss, variance=variance)
+    with torch.no_grad():
+        for param in model.parameters():  # away from the zero output layer: x0 predictions far outside [-1, 1]
+            param.add_(0.2 * torch.randn_like(param))
+    x0, T, D = data.tensors(16).x, 10, data.spec.dim
+    torch.manual_seed(0)
+    metric = model.loss(data.tensors(16), "model", Progress()).metrics["vlb_per_dim"]
+    torch.manual_seed(0)  # the same draws as the loss: t, then the noise
+    t = torch.randint(0, T, (16,))
+    xt = model.process.q_sample(x0, t, torch.randn_like(x0))
+    with torch.no_grad():
+        output = model.denoise(xt, t)
+        terms = {clip: (model.process.vlb_term(output, x0, xt, t, 17, clip=clip) * T / D).mean() for clip in (False, True)}
+    torch.testing.assert_close(metric.detach(), terms[False])
+    assert abs(terms[True] - terms[False]) > 1e-3
+    assert model.elbo_description == "diffusion VLB, all 10 terms, clipped x0"
+    unclipped = create("ddpm", data.spec, timesteps=10, channel_mults=(1, 2), width=8, loss=loss, variance=variance,
+                       bound_clip=False, bound_timesteps=5)
+    assert unclipped.elbo_description == "diffusion VLB, unbiased 5-of-10-term estimate, unclipped"
 
 
 # --- the command line ---------------------------------------------------------------------------------

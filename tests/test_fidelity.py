@@ -404,3 +404,17 @@ def test_precision_recall_errors() -> None:
         precision_recall(np.zeros((10, 2)), np.zeros((10, 3)))
     with pytest.raises(DgmError, match="NaN"):
         precision_recall(np.full((10, 2), np.nan), np.zeros((10, 2)))
+
+
+def test_feature_cache_key_hashes_every_byte_of_the_weights(tmp_path, monkeypatch):
+    from dgm.eval.features import FeatureExtractor, cache_path
+
+    monkeypatch.setenv("DGM_CACHE", str(tmp_path))
+    net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Linear(256, 10))  # a 64 KiB weight matrix
+    images = torch.zeros(4, 1, 8, 8)
+    before = cache_path(FeatureExtractor("net", net, None), images, "test")
+    with torch.no_grad():
+        net[0].weight.view(-1)[-1] += 1e-3  # the last element: 64 KiB - 4 bytes into the tensor
+    after = cache_path(FeatureExtractor("net", net, None), images, "test")
+    assert net[0].weight.numel() * 4 > 4096 and after != before
+    assert cache_path(FeatureExtractor("net", net, None), images, "test") == after  # and it is deterministic

@@ -25,8 +25,11 @@ from dgm.nn import (
     conv_downsamplings,
     from_levels,
     make_likelihood,
+    normal_kl,
+    normal_log_prob,
     to_levels,
 )
+from dgm.nn.unet import UNet, max_levels
 
 DISCRETE = [DiscretizedLogistic, DiscretizedLogisticMixture, Categorical]
 
@@ -335,3 +338,24 @@ def test_mlp_and_residual_block():
     x = torch.randn(2, 4, 6, 6)
     torch.testing.assert_close(block(x), x)  # starts as the identity
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in ConvEncoder((3, 32, 32), 4).modules())
+
+
+# --- the Gaussian formulas (dgm.nn.distributions) ---------------------------------------------------
+def test_normal_log_prob_and_kl_match_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    x, mean, mean2 = (torch.randn(5, 7, generator=g, dtype=torch.float64) * 3 for _ in range(3))
+    log_var, log_var2 = (torch.randn(5, 7, generator=g, dtype=torch.float64) * 2 for _ in range(2))
+    normal, normal2 = D.Normal(mean, (0.5 * log_var).exp()), D.Normal(mean2, (0.5 * log_var2).exp())
+    torch.testing.assert_close(normal_log_prob(x, mean, log_var), normal.log_prob(x))
+    torch.testing.assert_close(normal_log_prob(x), D.Normal(0.0, 1.0).log_prob(x))  # the standard normal by default
+    torch.testing.assert_close(normal_log_prob(x, 1.5, 0.3), D.Normal(1.5, math.exp(0.15)).log_prob(x))  # floats broadcast
+    torch.testing.assert_close(normal_kl(mean, log_var, mean2, log_var2), D.kl_divergence(normal, normal2))
+
+
+# --- the U-Net's levels ------------------------------------------------------------------------------
+def test_unet_levels_the_image_size_allows():
+    assert [max_levels(s, s) for s in (7, 8, 12, 28, 32)] == [1, 4, 3, 3, 6]
+    assert max_levels(8, 12) == 3  # both sides halve exactly
+    assert UNet((1, 12, 12), 1, width=8, channel_mults=(1, 2, 2))(torch.zeros(2, 1, 12, 12), torch.zeros(2)).shape == (2, 1, 12, 12)
+    with pytest.raises(DgmError, match="28x28 does not allow: it takes at most 3"):
+        UNet((1, 28, 28), 1, width=8, channel_mults=(1, 2, 2, 2))

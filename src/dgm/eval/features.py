@@ -27,6 +27,9 @@ from dgm.data.core import DataSpec
 from dgm.errors import DgmError, unknown_name
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+EMBEDDING_DROPOUT = 0.2  # dropout before the feature layer of the domain classifiers (in training only)
+FEATURE_BATCH = 500  # images per forward pass of a feature network
+KEY_HEX_DIGITS = 16  # hex digits of a SHA-256 kept in a cache file's name (64 bits: no accidental collisions)
 
 
 class Classifier(nn.Module):
@@ -50,7 +53,7 @@ class Classifier(nn.Module):
             ch_in, ch = ch, ch * 2
         layers += [nn.Conv2d(ch_in, ch, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.body = nn.Sequential(*layers)
-        self.embedding = nn.Sequential(nn.Dropout(0.2), nn.Linear(ch, features), nn.SiLU())
+        self.embedding = nn.Sequential(nn.Dropout(EMBEDDING_DROPOUT), nn.Linear(ch, features), nn.SiLU())
         self.head = nn.Linear(features, classes)
         self.in_shape = tuple(in_shape)
 
@@ -91,7 +94,7 @@ class FeatureExtractor:
         self.in_shape = in_shape  # None: any size (the network resizes)
 
     @torch.inference_mode()
-    def __call__(self, images: Tensor, batch_size: int = 500, *, progress: bool = False,
+    def __call__(self, images: Tensor, batch_size: int = FEATURE_BATCH, *, progress: bool = False,
                  desc: str = "features") -> tuple[Tensor, Tensor]:
         """Features ``(N, F)`` float64 and class probabilities ``(N, K)`` of images ``(N, C, H, W)`` in
         [0, 1], with a progress bar over the batches when ``progress``."""
@@ -116,13 +119,13 @@ class FeatureExtractor:
 
     @property
     def fingerprint(self) -> str:
-        """A hash of the weights, so cached reference features are never reused across networks."""
+        """A hash of every byte of the weights (with their names, shapes and dtypes), so cached
+        reference features are never reused across networks, however small the difference."""
         h = hashlib.sha256()
         for k, v in sorted(self.net.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes()[:4096])
-            h.update(str(tuple(v.shape)).encode())
-        return h.hexdigest()[:16]
+            h.update(f"{k} {tuple(v.shape)} {v.dtype}".encode())
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:KEY_HEX_DIGITS]
 
 
 def check_input(name: str, in_shape: tuple[int, ...] | None, spec: DataSpec) -> None:
@@ -183,7 +186,7 @@ def cache_dir() -> Path:
 def cache_path(extractor: FeatureExtractor, images: Tensor, key: str) -> Path:
     """Where the features of ``images`` are cached: ``key`` plus the network's fingerprint and a
     hash of the images themselves (a changed split is never served stale)."""
-    digest = hashlib.sha256(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
+    digest = hashlib.sha256(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:KEY_HEX_DIGITS]
     return cache_dir() / f"{extractor.name}-{extractor.fingerprint}-{key}-{digest}.safetensors"
 
 

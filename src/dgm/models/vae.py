@@ -34,8 +34,7 @@ from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, register
 from dgm.settings import NonNegativeFloat, NonNegativeInt, PositiveInt
 from dgm.nn import LIKELIHOODS, MLP, ConvDecoder, ConvEncoder, make_likelihood
-
-LOG_2PI = math.log(2 * math.pi)
+from dgm.nn.distributions import normal_log_prob
 
 
 @dataclass
@@ -164,8 +163,8 @@ class VAE(GenerativeModel):
         B, d = mu.shape
         eps = torch.randn(k, B, d, device=mu.device, dtype=mu.dtype)
         z = mu + eps * (0.5 * logvar).exp()  # (k, B, d)
-        log_q = -0.5 * (eps.pow(2) + logvar + LOG_2PI).sum(-1)  # (k, B)
-        log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)  # (k, B)
+        log_q = normal_log_prob(z, mu, logvar).sum(-1)  # (k, B)
+        log_prior = normal_log_prob(z).sum(-1)  # (k, B)
         x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * B, *x.shape[1:])
         log_px = self.log_likelihood(x_rep, z.reshape(k * B, d)).view(k, B)
         return log_px + log_prior - log_q

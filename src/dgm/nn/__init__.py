@@ -1,6 +1,7 @@
-"""Shared building blocks: networks (:mod:`dgm.nn.blocks`) and observation likelihoods
-(:mod:`dgm.nn.likelihoods`)."""
+"""Shared building blocks: networks (:mod:`dgm.nn.blocks`), observation likelihoods
+(:mod:`dgm.nn.likelihoods`) and the Gaussian formulas they share (:mod:`dgm.nn.distributions`)."""
 from dgm.nn.blocks import MLP, ConvDecoder, ConvEncoder, ResidualBlock, conv_downsamplings
+from dgm.nn.distributions import normal_kl, normal_log_prob
 from dgm.nn.likelihoods import (
     LIKELIHOODS,
     Bernoulli,
@@ -17,5 +18,5 @@ from dgm.nn.likelihoods import (
 __all__ = [
     "MLP", "ConvDecoder", "ConvEncoder", "ResidualBlock", "conv_downsamplings",
     "LIKELIHOODS", "Bernoulli", "Categorical", "DiscretizedLogistic", "DiscretizedLogisticMixture",
-    "Gaussian", "Likelihood", "from_levels", "make_likelihood", "to_levels",
+    "Gaussian", "Likelihood", "from_levels", "make_likelihood", "to_levels", "normal_kl", "normal_log_prob",
 ]

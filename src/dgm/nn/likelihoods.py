@@ -19,10 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgm.data.core import DataSpec
+from dgm.data.core import BINARY_REPRESENTATIONS, DataSpec
 from dgm.errors import DgmError, unknown_name
+from dgm.nn.distributions import normal_log_prob
 
 LEVEL_REPRESENTATIONS = ("unit", "levels", "signed")
+MIN_LOG_SCALE = -7.0  # log s is clamped here (PixelCNN++'s code): s >= 1e-3, below a bin of 256 levels
+MIXTURE_COMPONENTS = 5  # logistics in a discretized mixture by default (PixelCNN++ uses 10 on CIFAR-10)
 
 
 def to_levels(x: Tensor, spec: DataSpec) -> Tensor:
@@ -171,7 +174,7 @@ class Bernoulli(Likelihood):
 
     name = "bernoulli"
     discrete = True
-    representations = ("binary-dynamic", "binary-static")
+    representations = BINARY_REPRESENTATIONS
     default_representation = "binary-dynamic"
     needs = "binarized"
 
@@ -207,7 +210,7 @@ class Gaussian(Likelihood):
     needs = "continuous or dequantized"
 
     def __init__(self, spec: DataSpec, *, scale: Literal["learned", "output"] = "learned",
-                 min_log_scale: float = -7.0) -> None:
+                 min_log_scale: float = MIN_LOG_SCALE) -> None:
         super().__init__(spec)
         if scale not in ("learned", "output"):
             raise unknown_name("gaussian scale", scale, ("learned", "output"))
@@ -226,8 +229,7 @@ class Gaussian(Likelihood):
 
     def log_prob_per_dim(self, params: Tensor, x: Tensor) -> Tensor:
         mu, log_s = self.loc_scale(params)
-        z = (x - mu) * torch.exp(-log_s)
-        return -0.5 * z ** 2 - log_s - 0.5 * math.log(2 * math.pi)
+        return normal_log_prob(x, mu, 2 * log_s)
 
     @torch.no_grad()  # a draw, like the others, not a reparameterised sample
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -266,7 +268,7 @@ class DiscretizedLogistic(_Discrete):
     name = "logistic"
     params_per_dim = 2
 
-    def __init__(self, spec: DataSpec, *, min_log_scale: float = -7.0) -> None:
+    def __init__(self, spec: DataSpec, *, min_log_scale: float = MIN_LOG_SCALE) -> None:
         super().__init__(spec)
         self.min_log_scale = min_log_scale
 
@@ -299,7 +301,7 @@ class DiscretizedLogisticMixture(_Discrete):
 
     name = "logistic-mixture"
 
-    def __init__(self, spec: DataSpec, *, components: int = 5, min_log_scale: float = -7.0) -> None:
+    def __init__(self, spec: DataSpec, *, components: int = MIXTURE_COMPONENTS, min_log_scale: float = MIN_LOG_SCALE) -> None:
         super().__init__(spec)
         self.components = components
         self.min_log_scale = min_log_scale

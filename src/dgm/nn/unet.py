@@ -20,8 +20,14 @@ from torch import Tensor, nn
 from dgm.errors import DgmError
 from dgm.nn.blocks import MLP
 
+MAX_PERIOD = 10000.0  # the longest wavelength of the sinusoidal embedding (Vaswani et al. 2017)
+EMBEDDING_MULT = 4  # the U-Net's conditioning vector has 4 x width features (Ho et al.'s code)
+MLP_EMBEDDING_DIM = 64  # features of the time (and class) embedding of the vector denoiser
+NORM_GROUPS = 32  # group norm groups (Wu & He 2018; Ho et al.), fewer in narrow layers
+MIN_GROUP_CHANNELS = 4  # ... so that every group keeps at least this many channels
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = MAX_PERIOD) -> Tensor:
     """Transformer sinusoidal position embedding of the (integer or real) timesteps ``t`` ``(B,)``:
     ``[cos(t w_i), sin(t w_i)]`` with ``w_i = max_period^(-i / (dim/2))`` (Vaswani et al. 2017,
     sec. 3.5; DDPM app. B). Returns ``(B, dim)``."""
@@ -53,8 +59,10 @@ class ConditionEmbedding(nn.Module):
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """Group norm with 32 groups, or fewer for narrow layers (each group keeps >= 4 channels)."""
-    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= min(4, channels))
+    """Group norm with ``NORM_GROUPS`` groups, or fewer (halving) for narrow layers, each group keeping at
+    least ``MIN_GROUP_CHANNELS`` channels."""
+    candidates = [NORM_GROUPS >> i for i in range(NORM_GROUPS.bit_length())]  # 32, 16, ..., 1
+    groups = next(g for g in candidates if channels % g == 0 and channels // g >= min(MIN_GROUP_CHANNELS, channels))
     return nn.GroupNorm(groups, channels)
 
 
@@ -97,6 +105,15 @@ class SelfAttention(nn.Module):
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 
 
+def max_levels(height: int, width: int) -> int:
+    """The most levels a :class:`UNet` can have on ``height x width`` images: each level but the last
+    halves the image exactly, so ``L`` levels need sides that are multiples of ``2^(L-1)``."""
+    levels = 1
+    while height % 2 ** levels == 0 and width % 2 ** levels == 0:
+        levels += 1
+    return levels
+
+
 class UNet(nn.Module):
     """The DDPM U-Net for ``(C, H, W)`` images.
 
@@ -115,10 +132,10 @@ class UNet(nn.Module):
                  heads: int = 1, dropout: float = 0.0, num_classes: int | None = None) -> None:
         super().__init__()
         c, h, w = in_shape
-        if h % 2 ** (len(channel_mults) - 1) or w % 2 ** (len(channel_mults) - 1):
+        if len(channel_mults) > max_levels(h, w):
             raise DgmError(f"a U-Net with {len(channel_mults)} levels halves the image {len(channel_mults) - 1} "
-                           f"times, which {h}x{w} does not allow: use fewer model.channel_mults (8x8: 1,2)")
-        emb_dim = 4 * width
+                           f"times, which {h}x{w} does not allow: it takes at most {max_levels(h, w)} channel_mults")
+        emb_dim = EMBEDDING_MULT * width
         self.embed = ConditionEmbedding(width, emb_dim, num_classes)
         self.stem = nn.Conv2d(c, width, 3, padding=1)
 
@@ -179,7 +196,7 @@ class DenoisingMLP(nn.Module):
     def __init__(self, in_features: int, out_features: int, *, hidden: Sequence[int] = (256, 256, 256),
                  num_classes: int | None = None) -> None:
         super().__init__()
-        emb_dim = 64
+        emb_dim = MLP_EMBEDDING_DIM
         self.embed = ConditionEmbedding(emb_dim, emb_dim, num_classes)
         self.net = MLP(in_features + emb_dim, tuple(hidden), out_features)
         nn.init.zeros_(self.net[-1].weight)
