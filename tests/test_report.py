@@ -83,7 +83,7 @@ def test_writing_the_report_shows_progress_only_when_asked(ddpm_run, capsys):
     assert capsys.readouterr().err == ""
     assert main(["report", str(ddpm_run), "--redraw"]) == 0
     err = capsys.readouterr().err
-    assert re.search(r"report figures:\s+0%\|\s+\| 0/6", err), err  # curves, diagnostics, samples, 2 restorations, own
+    assert re.search(r"report figures:\s+0%\|\s+\| 0/5", err), err  # curves, diagnostics, samples, the restore app, own
 
 
 class Watched(GenerativeModel):
@@ -98,14 +98,17 @@ class Watched(GenerativeModel):
     def sample(self, n, condition=None, *, generator=None):
         return torch.randn(n, 2, generator=generator)
 
-    def callbacks(self):
-        class Monitor:
-            logs = {"watch/spread": "the spread the test monitor watches"}
-
-        return [Monitor()]
+    def monitors(self):
+        return {"test-watch": {}}
 
 
 def test_logged_diagnostics_are_captioned_by_the_monitor_that_logged_them(tmp_path):
+    from dgm.eval import MONITORS, register_monitor
+
+    @register_monitor("test-watch")
+    class Monitor:
+        logs = {"watch/spread": "the spread the test monitor watches"}
+
     from dgm.report import write_report
 
     test = vector_dataset(n=100, train=False)
@@ -119,6 +122,7 @@ def test_logged_diagnostics_are_captioned_by_the_monitor_that_logged_them(tmp_pa
     assert "(blue) over test examples (grey)" in shown["Samples"][1]
     assert all("pixelated" not in attributes for attributes, _ in shown.values())  # 2-D: plots only
     assert not (tmp_path / "figures").exists()  # no weights on disk: nothing to cache against
+    MONITORS.pop("test-watch")
 
 
 def test_figures_of_one_family_are_captioned_by_the_family_not_by_the_report():

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from dgm.apps.options import NON_NEGATIVE, POSITIVE, add_sampler_flags, output_path, sampler_options
 from dgm.errors import DgmError
 
 DEMO_SETTINGS = {  # the main job: a VAE on the bundled 8x8 digits, about a minute on 2 cores
@@ -58,21 +59,6 @@ def _default_out(model: str, data: str) -> Path:
     out, i = stem, 2
     while out.exists():
         out, i = Path(f"{stem}-{i}"), i + 1
-    return out
-
-
-def output_path(path: str) -> Path:
-    """A file the user asked us to write: its folder is created if missing (a path through an existing
-    file, or a folder we may not write, ends in one line from :func:`main`)."""
-    out = Path(path)
-    if out.is_dir():
-        raise DgmError(f"{out} is a folder: name a file to write, e.g. {out / 'out.png'}")
-    for folder in out.parents:
-        if folder.exists():
-            if not folder.is_dir():
-                raise DgmError(f"cannot write {out}: {folder} is a file, not a folder")
-            break
-    out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -137,7 +123,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from dgm import run
-    from dgm.report import images
+    from dgm.data.pictures import sample_picture
+    from dgm.io.images import save
 
     out = output_path(args.output)  # a path we cannot write fails before minutes of sampling, not after
     if out.suffix.lower() not in (".npz", ".png", ".jpg", ".jpeg"):
@@ -145,7 +132,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = run.load(args.run)
     generator = torch.Generator().manual_seed(args.seed)
     condition = None if args.class_ is None else torch.tensor(args.class_)
-    options = sampler_options(model.sample, args)
+    options = sampler_options(model, args)
     if "progress" in inspect.signature(model.sample).parameters:  # iterative samplers show their steps
         options["progress"] = not args.quiet
     x = model.sample(args.n, condition, generator=generator, **options)  # runs under inference_mode
@@ -154,63 +141,41 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
         np.savez_compressed(out, x=x.cpu().numpy())
     else:
-        images.save(images.sample_picture(x, model.spec), out)
+        save(sample_picture(x, model.spec), out)
     print(f"{args.n} samples -> {out}")
     return 0
 
 
-SAMPLER_FLAGS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "guidance": "--guidance"}
-
-
-def sampler_options(method, args: argparse.Namespace) -> dict:  # noqa: ANN001 (a bound method)
-    """The sampler flags given on the command line, as keyword arguments of ``method``; a flag the
-    model's sampler does not take is an error, not silently ignored."""
-    import inspect
-
-    given = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k, None) is not None}
-    accepted = inspect.signature(method).parameters
-    for key in given:
-        if key not in accepted:
-            raise DgmError(f"{SAMPLER_FLAGS[key]} is for iterative samplers (diffusion models); "
-                           f"model {method.__self__.name!r} does not take it")
-    return given
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
+def cmd_app(app, args: argparse.Namespace) -> int:  # noqa: ANN001 (a dgm.apps.App)
     from dgm import run
-    from dgm.models import capabilities
-    from dgm.restoration import known_view, restore_to_picture
+    from dgm.models.base import iter_models
 
     model = run.load(args.run)
-    if "restore" not in capabilities(model):
-        raise DgmError(f"model {model.name!r} cannot restore images: restoration needs a diffusion model (ddpm)")
-    picture = args.input
-    if picture.startswith("test:"):  # a test example of the run's own dataset, as a user would give it
-        from dgm.data import load as load_dataset
-        from dgm.restoration import picture_of
-
-        config, _ = run.read_config(args.run)
-        test = load_dataset(config.data.name, "test", size=config.data.size, channels=config.data.channels)
-        index = picture[5:]
-        if not index.isdigit() or int(index) >= len(test):
-            raise DgmError(f"--input test:K takes the index of a test example, 0..{len(test) - 1}, got {picture!r}")
-        if test.spec.levels is None:
-            raise DgmError(f"restoration is for images, and {config.data.name!r} holds {test.spec.shape} vectors")
-        picture = picture_of(args.task, test.raw[int(index)].float() * 255 / (test.spec.levels - 1))
-    view = known_view(args.task, model.spec, picture, args.mask, copies=args.n).to(model.device)
-    options = sampler_options(model.restore, args)
-    out = restore_to_picture(model, view, args.output, seed=args.seed, progress=not args.quiet,
-                             resample=args.resample, **options)
-    print(f"{args.task}: the input, then {args.n} restorations -> {out}")
+    if not app.supports(model):
+        able = [cls.name for cls in iter_models() if app.supports(cls)]
+        raise DgmError(f"model {model.name!r} cannot run {app.name!r}: it needs {', '.join(sorted(app.requires))}"
+                       + (f" ({', '.join(able)} can)" if able else ""))
+    print(app.run(model, args))
     return 0
 
 
-def add_sampler_flags(p: argparse.ArgumentParser, *, guidance: bool = True) -> None:
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], help="diffusion: ancestral DDPM or DDIM (default: the model's)")
-    p.add_argument("--steps", type=POSITIVE, help="diffusion: DDIM denoising steps")
-    p.add_argument("--eta", type=NON_NEGATIVE_FLOAT, help="diffusion: DDIM noise (0 deterministic, 1 like DDPM)")
-    if guidance:
-        p.add_argument("--guidance", type=NON_NEGATIVE_FLOAT, help="diffusion: classifier-free guidance scale (with --class)")
+def run_model_class(argv: Sequence[str], command: str):  # noqa: ANN201
+    """The model class of the run that ``argv`` names after ``command`` (its first positional), so
+    that command's flags are the model's own; ``None`` when there is none (the command then says why)."""
+    import json
+
+    from dgm.models.base import model_class
+
+    args = list(argv)
+    if command not in args:
+        return None
+    rest = args[args.index(command) + 1:]
+    run = next((a for a in rest if not a.startswith("-")), None)
+    try:
+        config = json.loads((Path(run) / "config.json").read_text()) if run else None
+        return model_class(config["model"]) if isinstance(config, dict) else None
+    except (OSError, ValueError, KeyError, TypeError, DgmError):
+        return None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -283,6 +248,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("metrics:")
     for m in METRICS.values():
         print(f"  {m.name:<{width}}{m.description}")
+    from dgm.apps import iter_apps
+
+    print("apps (dgm NAME RUN ...):")
+    for app in iter_apps():
+        print(f"  {app.name:<{width}}{app.description} (needs {', '.join(sorted(app.requires))})")
     return 0
 
 
@@ -317,35 +287,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- parser ---------------------------------------------------------------------------------------
-def _number(kind: type, low: float, *, strict: bool = False):  # noqa: ANN202
-    """An argparse type: a ``kind`` number ``>= low`` (``> low`` when ``strict``), with a one-line error."""
-    bound = f"{'>' if strict else '>='} {low}"
-
-    def parse(text: str):  # noqa: ANN202
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'} {bound}, "
-                                             f"got {text!r}") from None
-        if not (value > low if strict else value >= low) or value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-POSITIVE = _number(int, 1)
-NON_NEGATIVE = _number(int, 0)
-NON_NEGATIVE_FLOAT = _number(float, 0.0)
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="dgm", description="Train, sample and evaluate deep generative models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -369,23 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--class", dest="class_", type=NON_NEGATIVE, help="class label, for class-conditional models")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_sampler_flags(p)
+    add_sampler_flags(p, run_model_class(argv, "sample"))
     p.set_defaults(fn=cmd_sample)
-
-    p = sub.add_parser("restore", help="inpaint, super-resolve or colorize a picture with a trained diffusion model")
-    p.add_argument("run")
-    p.add_argument("--task", required=True, choices=["inpaint", "super-resolution", "colorize"])
-    p.add_argument("--input", required=True, help="the picture: the image (inpaint), a low-resolution or a grey "
-                   "one; test:K takes test example K of the run's data")
-    p.add_argument("--mask", help="inpaint: a picture of the image's size, white where pixels are to be generated; "
-                   "'centre' generates the central square")
-    p.add_argument("-n", type=POSITIVE, default=4, help="restorations to draw")
-    p.add_argument("-o", "--output", default="restored.png", help="a .png row: the input, then the restorations")
-    p.add_argument("--resample", type=POSITIVE, default=5, help="RePaint resampling: repetitions of each step")
-    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
-    p.add_argument("--quiet", action="store_true")
-    add_sampler_flags(p, guidance=False)
-    p.set_defaults(fn=cmd_restore)
 
     p = sub.add_parser("eval", help="evaluate a trained run")
     p.add_argument("run")
@@ -418,6 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="models, datasets and metrics")
     p.set_defaults(fn=cmd_list)
 
+    from dgm.apps import iter_apps
+
+    for app in iter_apps():  # each use of a model brings its own subcommand
+        if app.name in sub.choices:
+            raise RuntimeError(f"app {app.name!r} clashes with the dgm command of that name")
+        p = sub.add_parser(app.name, help=app.description)
+        p.add_argument("run")
+        p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        app.add_arguments(p, run_model_class(argv, app.name))
+        p.set_defaults(fn=lambda args, app=app: cmd_app(app, args))
+
     p = sub.add_parser("demo", help="the main job: VAE on digits, train, sample, evaluate, report")
     p.add_argument("--out", default="dgm-demo")
     p.add_argument("--quiet", action="store_true")
@@ -430,7 +374,8 @@ TINY_CAPS = {"n": 4, "k": 10, "num_samples": 200, "max_examples": 8}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     from dgm.run import tiny
 
     if tiny():
@@ -441,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.fn(args)
     except DgmError as e:
         print(f"dgm: error: {e}", file=sys.stderr)
-        return 130 if type(e).__name__ == "TrainingInterrupted" else 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("dgm: interrupted", file=sys.stderr)
         return 130

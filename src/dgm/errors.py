@@ -12,6 +12,8 @@ from collections.abc import Iterable
 class DgmError(Exception):
     """An error caused by the user's input (names, files, flags, shapes), with a fix in its message."""
 
+    exit_code = 2  # the status the CLI exits with
+
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> DgmError:
     """An error for an unknown ``name`` of ``kind`` that suggests the nearest valid choices."""

@@ -4,8 +4,11 @@
 A metric is registered with :func:`metric`, naming the capabilities it needs; every number it
 returns carries its unit and its qualifier ("exact", "bound (IWAE k=1000)", ...).
 """
-from dgm.eval.core import METRICS, Metric, Plan, Result, Work, evaluate, metric, results_table
+from dgm.eval.core import (METRICS, MONITORS, Metric, Plan, Result, Work, build_monitor, evaluate, metric,
+                           register_monitor, results_table)
 from dgm.eval import metrics as _metrics  # noqa: F401  (registers the likelihood metrics)
 from dgm.eval import quality as _quality  # noqa: F401  (registers sample-quality and probe metrics)
+from dgm.eval import duality as _duality, toys as _toys  # noqa: F401  (register the training monitors)
 
-__all__ = ["METRICS", "Metric", "Plan", "Result", "Work", "evaluate", "metric", "results_table"]
+__all__ = ["METRICS", "MONITORS", "Metric", "Plan", "Result", "Work", "build_monitor", "evaluate", "metric",
+           "register_monitor", "results_table"]

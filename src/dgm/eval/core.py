@@ -135,6 +135,27 @@ METRICS: dict[str, Metric] = {}
 LIKELIHOOD_CAPABILITIES = {"log_prob", "elbo", "iwae_bound"}
 
 
+#: training monitors by name (objects with ``on_epoch_end(trainer, epoch)`` returning metrics to
+#: log, and ``logs``: ``{logged name: what it is}`` for the report); models name the ones they want
+MONITORS: dict[str, Callable[..., Any]] = {}
+
+
+def register_monitor(name: str) -> Callable:
+    """Class decorator: make a training monitor available by ``name`` to
+    :meth:`~dgm.models.base.GenerativeModel.monitors`."""
+    def wrap(cls: Callable[..., Any]) -> Callable[..., Any]:
+        MONITORS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_monitor(name: str, options: dict[str, Any]) -> Any:
+    if name not in MONITORS:
+        raise unknown_name("training monitor", name, MONITORS)
+    return MONITORS[name](**options)
+
+
 def metric(name: str, *, requires: Sequence[str] = (), requires_any: Sequence[str] = (),
            description: str, default: bool = True,
            data: Callable[[DataSpec], str | None] | None = None,

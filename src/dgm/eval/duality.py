@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from dgm.data.core import Batch, Dataset
+from dgm.eval.core import register_monitor
 
 
 @dataclass
@@ -186,6 +187,7 @@ def duality_gap(model: Any, data: Dataset, *, steps: int = 200, inner_steps: int
     return DualityGap(base, m1, m2, m2_proximal)
 
 
+@register_monitor("duality_gap")
 class DualityGapMonitor:
     """Trainer callback: estimates the plain and proximal duality gaps every ``every`` epochs and
     logs them (``dg/plain``, ``dg/proximal``) in metrics.csv; the report plots them, described by

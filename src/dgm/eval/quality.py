@@ -240,7 +240,7 @@ def knn_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
         description="nearest-training-neighbour distances of samples vs of test examples, in feature space")
 def memorization(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     from dgm.eval.memorization import memorization_summary, nearest_neighbours
-    from dgm.report.images import data_uri, grid
+    from dgm.io.images import data_uri, grid
 
     train, test = real_features(model, ctx, "train")[0], real_features(model, ctx)[0]
     fake, _ = sample_features(model, ctx)

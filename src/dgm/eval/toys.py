@@ -16,6 +16,7 @@ import torch
 
 from dgm.errors import DgmError
 from dgm.eval.fidelity import ArrayLike, as_features
+from dgm.eval.core import register_monitor
 
 #: a sample is high quality when it lies within this many standard deviations of its nearest mode
 HIGH_QUALITY_STDS = 3.0
@@ -77,6 +78,7 @@ def mode_coverage(samples: ArrayLike, modes: ArrayLike, std: float) -> dict[str,
     }
 
 
+@register_monitor("mode_coverage")
 class ModeCoverageMonitor:
     """Trainer callback: mode coverage of 2500 samples (the protocol's number) every ``every``
     epochs, logged as ``modes/captured``, ``modes/high_quality`` (%) and ``modes/reverse_kl``."""

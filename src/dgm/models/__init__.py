@@ -9,12 +9,14 @@ from dgm.models.base import (
     Loss,
     Phase,
     Progress,
+    Sampler,
     capabilities,
+    capability,
     create,
     model_class,
     register,
 )
 from dgm.models import diffusion, gan, vae  # noqa: F401  (registers "vae", "gan" and its variants, "ddpm")
 
-__all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "capabilities", "create",
-           "model_class", "register"]
+__all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "capabilities", "capability",
+           "create", "model_class", "register"]

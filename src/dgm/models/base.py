@@ -59,6 +59,26 @@ class Phase:
         return self.epochs is None or self.epochs[0] <= epoch <= self.epochs[1]
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """One way a model draws samples, with its options: ``model.sample(n, sampler=name, **options)``.
+
+    Attributes:
+        name: passed as ``sampler=``; ``dgm sample --sampler NAME``.
+        description: one line for ``dgm sample RUN --help``.
+        options: a dataclass of the keyword options this sampler takes; each field (typed, with its
+            range, ``metadata={"help": ...}``, default ``None`` for "the model's setting") becomes a
+            flag of ``dgm sample`` for runs of this model, so the CLI names no sampler of its own.
+    """
+
+    name: str
+    description: str
+    options: type | None = None
+
+    def option_fields(self) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(self.options)) if self.options is not None else []
+
+
 @dataclass
 class Progress:
     """Where training stands, passed explicitly to :meth:`GenerativeModel.loss` (for schedules such
@@ -91,6 +111,8 @@ class GenerativeModel(nn.Module):
     Config: ClassVar[type]
     description: ClassVar[str] = ""
     default_ema: ClassVar[float | None] = None  # EMA decay of the weights when the run does not set train.ema
+    #: the named samplers ``sample`` takes as ``sampler=`` (with their options); none: ``sample`` has one way
+    samplers: ClassVar[tuple[Sampler, ...]] = ()
 
     def __init__(self, config: Any, spec: DataSpec) -> None:
         super().__init__()
@@ -118,16 +140,23 @@ class GenerativeModel(nn.Module):
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         raise NotImplementedError
 
-    def callbacks(self) -> list[Any]:
-        """Training callbacks the model brings along (objects with ``on_epoch_end(trainer, epoch)``
-        returning metrics to log), e.g. a GAN's duality-gap monitor; none by default."""
-        return []
+    def monitors(self) -> dict[str, dict[str, Any]]:
+        """Diagnostics to log during training, by the name of a monitor registered in :mod:`dgm.eval`
+        (:func:`dgm.eval.register_monitor`) with its options, e.g. ``{"duality_gap": {"every": 5}}``.
+        The model names them and :func:`dgm.run.monitors` builds them, so a model never imports the
+        evaluation layer above it. None by default."""
+        return {}
 
     # -- generation (run under torch.inference_mode(): see GENERATION_METHODS) --------------------
     def sample(self, n: int, condition: Tensor | None = None, *,
                generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples ``(n, *spec.shape)`` in the data representation."""
         raise NotImplementedError
+
+    @property
+    def default_sampler(self) -> str | None:
+        """The sampler ``sample`` uses when none is named (the first declared; a config may choose)."""
+        return self.samplers[0].name if self.samplers else None
 
     def preview_sample(self, n: int, *, generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
         """``n`` samples for pictures drawn during training and in reports: the model's sampler at a
@@ -233,16 +262,34 @@ def _outside_inference(value: Any) -> Any:
     return value
 
 
-CAPABILITIES = ("sample", "log_prob", "elbo", "iwae_bound", "kl_per_dim", "encode", "decode", "reconstruct",
-                "restore")
+#: the protocol's optional methods: a model has one of these when its class overrides it
+PROTOCOL_CAPABILITIES = ("sample", "log_prob", "elbo", "iwae_bound", "kl_per_dim", "encode", "decode",
+                         "reconstruct", "restore")
+
+
+def capability(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``method`` as a capability named after it, one the protocol does not list (e.g.
+    ``classify`` of a semi-supervised model, ``complete`` of an autoregressive one), so metrics and
+    apps that need it find it with :func:`capabilities`; no list in this file is edited.
+
+    Example:
+        >>> class M2(GenerativeModel):
+        ...     @capability
+        ...     def classify(self, x: Tensor) -> Tensor: ...
+    """
+    method._capability = method.__name__  # type: ignore[attr-defined]
+    return method
 
 
 def capabilities(model: GenerativeModel | type[GenerativeModel]) -> set[str]:
-    """The optional methods a model implements, found by what its class overrides."""
+    """What a model can do: the protocol's optional methods its class overrides, and the methods
+    it marks with :func:`capability`."""
     cls = model if isinstance(model, type) else type(model)
-    have = {c for c in CAPABILITIES if getattr(cls, c) is not getattr(GenerativeModel, c)}
+    have = {c for c in PROTOCOL_CAPABILITIES if getattr(cls, c) is not getattr(GenerativeModel, c)}
     if {"encode", "decode"} <= have:
         have.add("reconstruct")
+    have |= {name for klass in cls.__mro__ for name, value in vars(klass).items()
+             if getattr(getattr(value, "__wrapped__", value), "_capability", None) == name}
     return have
 
 

@@ -28,7 +28,7 @@ from 0: index ``t`` in ``0 .. T-1`` is the paper's ``t + 1``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import torch
@@ -37,23 +37,28 @@ from torch import Tensor, nn
 
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Progress, register
+from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, register
 from dgm.models import samplers
-from dgm.nn.unet import DenoisingMLP, UNet
+from dgm.nn.distributions import normal_kl, normal_log_prob
+from dgm.nn.unet import DenoisingMLP, UNet, max_levels
 from dgm.settings import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 # --- noise schedules ------------------------------------------------------------------------------
-def linear_betas(T: int, max_beta: float = 0.999) -> Tensor:
+LINEAR_BETA_START, LINEAR_BETA_END = 1e-4, 0.02  # Ho et al.'s linear schedule for T = 1000 (sec. 4)
+REFERENCE_TIMESTEPS = 1000  # the T those endpoints are for; other T rescale them by 1000/T (Nichol & Dhariwal)
+MAX_BETA = 0.999  # betas are clipped here: a beta of 1 would erase x_{t-1} entirely (Nichol & Dhariwal sec. 3.2)
+COSINE_OFFSET = 0.008  # s of the cosine schedule: beta_1 is not vanishingly small (Nichol & Dhariwal eq. 17)
+
+
+def linear_betas(T: int, max_beta: float = MAX_BETA) -> Tensor:
     """Ho et al.'s linear schedule from 1e-4 to 0.02 for T = 1000, rescaled by 1000/T for other T as
     in Nichol & Dhariwal (so that abar_T stays ~4e-5), clipped at 0.999 for very short chains."""
-    scale = 1000 / T
-    return torch.linspace(1e-4 * scale, 0.02 * scale, T, dtype=torch.float64).clamp(max=max_beta)
+    scale = REFERENCE_TIMESTEPS / T
+    return torch.linspace(LINEAR_BETA_START * scale, LINEAR_BETA_END * scale, T, dtype=torch.float64).clamp(max=max_beta)
 
 
-def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+def cosine_betas(T: int, s: float = COSINE_OFFSET, max_beta: float = MAX_BETA) -> Tensor:
     """Nichol & Dhariwal eq. 17: abar_t = f(t) / f(0), f(t) = cos²((t/T + s) / (1 + s) · π/2),
     beta_t = 1 - abar_t / abar_{t-1}, clipped at 0.999 to avoid the singularity at t = T."""
     f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
@@ -63,16 +68,8 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
 
 
-# --- Gaussian helpers (per element; callers sum over dimensions) -----------------------------------
-def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
-    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, nats."""
-    return 0.5 * (logvar2 - logvar1 + (logvar1 - logvar2).exp() + (mean1 - mean2) ** 2 * (-logvar2).exp() - 1)
-
-
-def normal_log_prob(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
-    return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * (-logvar).exp())
-
-
+# --- the discretized decoder (per element; callers sum over dimensions) ----------------------------
+BIN_RATIO_MARGIN = 1e-12  # Phi(a) / Phi(b) is clamped to 1 - this: a bin narrower than float precision stays finite
 def discretized_gaussian_log_prob(x: Tensor, mean: Tensor, logvar: Tensor, levels: int) -> Tensor:
     """log P(x) for x on the grid ``{-1, -1 + 2/(levels-1), ..., 1}`` of a Gaussian over the bins of
     half-width ``1/(levels-1)`` around each value, the outer bins extended to ±infinity (Ho eq. 13).
@@ -88,7 +85,7 @@ def discretized_gaussian_log_prob(x: Tensor, mean: Tensor, logvar: Tensor, level
     flip = lower > 0  # the whole bin above the mean: use the upper tail
     a, b = torch.where(flip, -upper, lower), torch.where(flip, -lower, upper)  # P = Phi(b) - Phi(a)
     log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
-    return log_b + torch.log1p(-(log_a - log_b).exp().clamp(max=1 - 1e-12))
+    return log_b + torch.log1p(-(log_a - log_b).exp().clamp(max=1 - BIN_RATIO_MARGIN))
 
 
 # --- the process ----------------------------------------------------------------------------------
@@ -111,7 +108,9 @@ class GaussianDiffusion(nn.Module):
         variance: ``fixed-small`` (beta~_t, the true posterior's variance for a point mass x_0),
             ``fixed-large`` (beta_t; Ho et al. found both work), or ``learned``: the network's second
             half of channels ``v`` interpolates the log-variance between the two (Nichol eq. 15).
-        clip: clip the predicted ``x0`` to [-1, 1] (data in the signed representation).
+        clip: clip the predicted ``x0`` to [-1, 1] by default (data in the signed representation), as
+            the reference samplers and evaluators do (``clip_denoised=True``); the methods that
+            read ``x0`` take ``clip=`` to say otherwise (the training loss's L_vlb does not clip).
     """
 
     def __init__(self, betas: Tensor, *, prediction: Literal["epsilon", "x0", "v"] = "epsilon",
@@ -173,9 +172,10 @@ class GaussianDiffusion(nn.Module):
         """The mean head and (learned variances) the variance head of a network output."""
         return output.chunk(2, dim=1) if self.variance == "learned" else (output, None)
 
-    def predict_x0_eps(self, mean_head: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(x0, eps) implied by the mean head, with x0 clipped to [-1, 1] when the data is bounded
-        (then eps is recomputed from the clipped x0 so that the two stay consistent)."""
+    def predict_x0_eps(self, mean_head: Tensor, xt: Tensor, t: Tensor, *,
+                       clip: bool | None = None) -> tuple[Tensor, Tensor]:
+        """(x0, eps) implied by the mean head, with x0 clipped to [-1, 1] when ``clip`` (``None``: the
+        process's default); eps is then recomputed from the clipped x0 so that the two stay consistent."""
         abar = gather(self.alphas_cumprod, t, xt)
         if self.prediction == "epsilon":
             x0 = (xt - (1 - abar).sqrt() * mean_head) / abar.sqrt()
@@ -183,7 +183,7 @@ class GaussianDiffusion(nn.Module):
             x0 = mean_head
         else:  # v = sqrt(abar) eps - sqrt(1 - abar) x0  =>  x0 = sqrt(abar) x_t - sqrt(1 - abar) v
             x0 = abar.sqrt() * xt - (1 - abar).sqrt() * mean_head
-        if self.clip:
+        if self.clip if clip is None else clip:
             x0 = x0.clamp(-1, 1)
         elif self.prediction == "epsilon":
             return x0, mean_head
@@ -201,19 +201,23 @@ class GaussianDiffusion(nn.Module):
         frac = (variance_head + 1) / 2
         return frac * large + (1 - frac) * small
 
-    def p_mean_variance(self, output: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Mean and log-variance of p(x_{t-1} | x_t), and the predicted x0: the mean is the posterior
-        mean mu~(x0_hat, x_t) (eq. 11 for epsilon prediction)."""
+    def p_mean_variance(self, output: Tensor, xt: Tensor, t: Tensor, *,
+                        clip: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean and log-variance of p(x_{t-1} | x_t), and the predicted x0 (clipped when ``clip``;
+        ``None``: the process's default): the mean is the posterior mean mu~(x0_hat, x_t) (eq. 11 for
+        epsilon prediction without clipping)."""
         mean_head, variance_head = self.split_output(output)
-        x0, _ = self.predict_x0_eps(mean_head, xt, t)
+        x0, _ = self.predict_x0_eps(mean_head, xt, t, clip=clip)
         mean, _ = self.q_posterior(x0, xt, t)
         return mean, self.model_log_variance(variance_head, xt, t), x0
 
     # -- the bound ---------------------------------------------------------------------------------
-    def vlb_term(self, output: Tensor, x0: Tensor, xt: Tensor, t: Tensor, levels: int | None) -> Tensor:
+    def vlb_term(self, output: Tensor, x0: Tensor, xt: Tensor, t: Tensor, levels: int | None, *,
+                 clip: bool | None = None) -> Tensor:
         """L_{t-1} for every example, nats ``(B,)``: the KL of eq. 5 where ``t > 0``, the decoder's
-        -log p(x_0 | x_1) where ``t = 0`` (discretized over ``levels``; a density when ``None``)."""
-        mean, logvar, _ = self.p_mean_variance(output, xt, t)
+        -log p(x_0 | x_1) where ``t = 0`` (discretized over ``levels``; a density when ``None``).
+        ``clip``: whether p(x_{t-1} | x_t) is built from the clipped x0 (``None``: the process's default)."""
+        mean, logvar, _ = self.p_mean_variance(output, xt, t, clip=clip)
         true_mean, true_logvar = self.q_posterior(x0, xt, t)
         kl = normal_kl(true_mean, true_logvar, mean, logvar).flatten(1).sum(1)
         log_p = (discretized_gaussian_log_prob(x0, mean, logvar, levels) if levels
@@ -231,6 +235,34 @@ class GaussianDiffusion(nn.Module):
 
 
 # --- the model ------------------------------------------------------------------------------------
+SMALL_IMAGE_SIDE = 16  # images with a side below this get the shallower default U-Net
+DEFAULT_CHANNEL_MULTS = (1, 2, 2)  # Ho et al.'s CIFAR-10 layout without its 4th level: 28x28 runs at 28, 14, 7
+SMALL_IMAGE_CHANNEL_MULTS = (1, 2)  # 8x8 digits: 8, 4 (a third level would leave 2x2)
+
+
+def default_channel_mults(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The U-Net levels used when ``model.channel_mults`` is not set, by the image size ``(C, H, W)``."""
+    return DEFAULT_CHANNEL_MULTS if min(shape[1:]) >= SMALL_IMAGE_SIDE else SMALL_IMAGE_CHANNEL_MULTS
+
+
+@dataclass
+class AncestralOptions:
+    """Options of the ancestral sampler (``dgm sample RUN --sampler ddpm``)."""
+
+    guidance: NonNegativeFloat | None = field(default=None, metadata={
+        "help": "classifier-free guidance scale s (with --class): eps_u + s (eps_c - eps_u); default model.guidance"})
+
+
+@dataclass
+class DDIMOptions(AncestralOptions):
+    """Options of DDIM (``dgm sample RUN --sampler ddim``)."""
+
+    steps: PositiveInt | None = field(default=None, metadata={
+        "help": "denoising steps, evenly spaced (at most T); default model.sample_steps"})
+    eta: NonNegativeFloat | None = field(default=None, metadata={
+        "help": "noise of each step: 0 deterministic, 1 the DDPM posterior variance; default model.eta"})
+
+
 @dataclass
 class DDPMConfig:
     """Settings of :class:`DDPM` (``--set model.KEY=VALUE``)."""
@@ -243,7 +275,7 @@ class DDPMConfig:
     hybrid_weight: NonNegativeFloat = 0.001  # lambda of the hybrid loss (Nichol & Dhariwal sec. 3.1)
     network: Literal["auto", "unet", "mlp"] = "auto"  # auto: a U-Net for images, an MLP for vectors
     width: PositiveInt = 32  # U-Net channels at full resolution
-    channel_mults: tuple[PositiveInt, ...] = (1, 2, 2)  # U-Net channels per level, in units of width (8x8: 1,2 is used)
+    channel_mults: tuple[PositiveInt, ...] | None = None  # U-Net channels per level, in units of width; None: by image size (default_channel_mults)
     num_res_blocks: PositiveInt = 1  # U-Net residual blocks per level
     attention_below: NonNegativeInt = 8  # U-Net self-attention at levels whose side is at most this
     dropout: Annotated[float, Range(0, 1, high_open=True)] = 0.0  # U-Net dropout in the residual blocks (Ho et al.: 0.1 on CIFAR-10)
@@ -256,6 +288,7 @@ class DDPMConfig:
     preview_steps: PositiveInt = 50  # DDIM steps of the pictures drawn during training and in the report
     eta: NonNegativeFloat = 0.0  # DDIM: 0 deterministic, 1 the DDPM posterior variance
     bound_timesteps: NonNegativeInt = 0  # terms of the bound evaluated per example: 0 all T (exact sum), k: an unbiased k-term estimate
+    bound_clip: bool = True  # the evaluated bound clips the predicted x0 to [-1, 1] as the reference evaluators do (clip_denoised=True); false: unclipped
 
 
 @register
@@ -275,6 +308,8 @@ class DDPM(GenerativeModel):
     Config = DDPMConfig
     default_ema = 0.999  # samples from EMA weights unless train.ema says otherwise (Ho et al.: 0.9999 over 800k steps)
     description = "denoising diffusion (DDPM/DDIM samplers, exact VLB in bits/dim, classifier-free guidance)"
+    samplers = (Sampler("ddpm", "ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2)", AncestralOptions),
+                Sampler("ddim", "DDIM over evenly spaced steps (Song et al. 2021, eq. 12)", DDIMOptions))
 
     def __init__(self, config: DDPMConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
@@ -295,7 +330,14 @@ class DDPM(GenerativeModel):
             if not spec.is_image:
                 raise DgmError(f"network=unet needs image data, but {spec.name!r} has shape {spec.shape}: "
                                f"use --set model.network=mlp")
-            mults = c.channel_mults if min(spec.shape[1:]) >= 16 else c.channel_mults[:2]
+            mults = c.channel_mults or default_channel_mults(spec.shape)
+            levels = max_levels(*spec.shape[1:])
+            if len(mults) > levels:
+                side = "x".join(map(str, spec.shape[1:]))
+                raise DgmError(f"a U-Net with {len(mults)} levels halves the image {len(mults) - 1} times, which {side} "
+                               f"does not allow (its sides would have to be multiples of {2 ** (len(mults) - 1)}): "
+                               f"{side} takes at most {levels} level{'s' * (levels > 1)}, e.g. "
+                               f"--set model.channel_mults={','.join(map(str, mults[:levels]))}")
             self.network = UNet(spec.shape, self.process.output_channels(spec.shape[0]), width=c.width,
                                 channel_mults=mults, num_res_blocks=c.num_res_blocks,
                                 attention_below=c.attention_below, dropout=c.dropout, num_classes=classes)
@@ -310,6 +352,10 @@ class DDPM(GenerativeModel):
     @property
     def num_classes(self) -> int | None:
         return self.spec.num_classes if self.config.conditional else None
+
+    @property
+    def default_sampler(self) -> str:
+        return self.config.sampler
 
     @property
     def null_class(self) -> int:
@@ -340,7 +386,10 @@ class DDPM(GenerativeModel):
         # Hybrid: the bound trains only the variances (stop-gradient on the mean, Nichol sec. 3.1)
         if c.loss == "hybrid":
             output = torch.cat([mean_head.detach(), variance_head], 1) if variance_head is not None else output.detach()
-        vlb = self.process.vlb_term(output, x0, xt, t, self.spec.levels) * self.process.num_timesteps / self.spec.dim
+        # unclipped, as in improved-diffusion's training loss (clip_denoised=False): a clamp has no
+        # gradient outside [-1, 1], so a clipped L_vlb (loss=vlb) would not train the mean there
+        vlb = (self.process.vlb_term(output, x0, xt, t, self.spec.levels, clip=False)
+               * self.process.num_timesteps / self.spec.dim)
         metrics["vlb_per_dim"] = vlb.mean()
         if c.loss == "vlb":
             return Loss(vlb.mean(), metrics)
@@ -351,7 +400,9 @@ class DDPM(GenerativeModel):
         """The variational bound L_T + sum_t L_{t-1} + L_0 on log p(x), nats ``(B,)``: the exact sum over
         all T terms (one draw of x_t per term, as in Ho et al.), or, with ``bound_timesteps = k``,
         T/k times the sum over k stratified uniform timesteps, an unbiased estimate of it. A
-        class-conditional model is scored as its unconditional (null-class) self, a bound on p(x)."""
+        class-conditional model is scored as its unconditional (null-class) self, a bound on p(x).
+        On images, p(x_{t-1} | x_t) is built from the predicted x0 clipped to [-1, 1] unless
+        ``bound_clip`` is false (:attr:`bound_clipped`)."""
         T, k = self.process.num_timesteps, self.config.bound_timesteps
         y = torch.full((len(x),), self.null_class, device=x.device) if self.config.conditional else None
         if k and k < T:  # one uniform draw inside each of k equal strata of {0 .. T-1}
@@ -365,13 +416,22 @@ class DDPM(GenerativeModel):
         total = self.process.prior_kl(x)
         for t in steps:
             xt = self.process.q_sample(x, t, torch.randn_like(x))
-            total = total + weight * self.process.vlb_term(self.denoise(xt, t, y), x, xt, t, self.spec.levels)
+            total = total + weight * self.process.vlb_term(self.denoise(xt, t, y), x, xt, t, self.spec.levels,
+                                                           clip=self.bound_clipped)
         return -total
+
+    @property
+    def bound_clipped(self) -> bool:
+        """Whether the evaluated bound clips the predicted x0: images (bounded data) unless ``bound_clip`` is false."""
+        return self.process.clip and self.config.bound_clip
 
     @property
     def elbo_description(self) -> str:
         T, k = self.process.num_timesteps, self.config.bound_timesteps
-        return f"diffusion VLB, all {T} terms" if not k or k >= T else f"diffusion VLB, unbiased {k}-of-{T}-term estimate"
+        terms = f"all {T} terms" if not k or k >= T else f"unbiased {k}-of-{T}-term estimate"
+        if self.process.clip:  # only bounded data has a range to clip to
+            terms += ", clipped x0" if self.bound_clipped else ", unclipped"
+        return f"diffusion VLB, {terms}"
 
     # -- sampling ----------------------------------------------------------------------------------
     def guided(self, condition: Tensor | None, guidance: float):

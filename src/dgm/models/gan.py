@@ -48,6 +48,7 @@ from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Phase, Progress, register
 from dgm.nn import MLP
+from dgm.nn.distributions import normal_log_prob
 from dgm.settings import Decay, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, type_hints
 from dgm.nn.adversarial import DCGANDiscriminator, DCGANGenerator, MLPFeatures, pack, spectral_normalize
 
@@ -368,13 +369,11 @@ class GAN(GenerativeModel):
         fake_score, _ = self.critic(self.fake_inputs(draw), draw.y)
         return -critic_loss(self.config.loss, real_score, fake_score)
 
-    def callbacks(self) -> list[Any]:
-        if not self.config.duality_gap_every:
-            return []
-        from dgm.eval.duality import DualityGapMonitor
-
+    def monitors(self) -> dict[str, dict[str, Any]]:
         c = self.config
-        return [DualityGapMonitor(every=c.duality_gap_every, steps=c.duality_gap_steps, lam=c.duality_gap_lambda)]
+        if not c.duality_gap_every:
+            return {}
+        return {"duality_gap": {"every": c.duality_gap_every, "steps": c.duality_gap_steps, "lam": c.duality_gap_lambda}}
 
     # --- generation -------------------------------------------------------------------------------
     def sample(self, n: int, condition: Tensor | None = None, *,
@@ -501,7 +500,7 @@ class InfoGAN(GAN):
         if c.continuous_codes:
             mean, log_std = out[:, c.categorical_codes:].chunk(2, dim=-1)
             log_std = log_std.clamp(-5, 2)
-            log_q = -0.5 * ((continuous - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+            log_q = normal_log_prob(continuous, mean, 2 * log_std)
             nll = nll - log_q.sum(-1).mean()
             entropy += c.continuous_codes * math.log(2.0)  # U[-1, 1] has differential entropy log 2
         return nll, entropy - nll.detach()

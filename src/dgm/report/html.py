@@ -24,7 +24,8 @@ from PIL import Image
 
 from dgm.data.core import Dataset, to_unit
 from dgm.models.base import GenerativeModel, capabilities
-from dgm.report import images
+from dgm.data.pictures import sample_picture
+from dgm.io import images
 from dgm.train.trainer import read_csv
 
 STYLE = """
@@ -96,7 +97,7 @@ def monitor_descriptions(model: GenerativeModel, test: Dataset) -> dict[str, str
     from dgm.run import monitors
 
     described: dict[str, str] = {}
-    for callback in [*model.callbacks(), *monitors(model, test)]:
+    for callback in monitors(model, test):
         described.update(getattr(callback, "logs", {}) or {})
     return described
 
@@ -106,7 +107,8 @@ def training_plots(run_dir: Path, model: GenerativeModel, test: Dataset) -> list
     logged = read_csv(run_dir / "metrics.csv")
     described = monitor_descriptions(model, test)
     diagnostics = sorted(k for k in described if any(k in r for r in logged))
-    losses = sorted({k for r in logged for k in r if k not in ("step", "epoch", "lr") and k not in described},
+    losses = sorted({k for r in logged for k in r if k not in ("step", "epoch") and k.split("/")[-1] != "lr"
+                     and k not in described},  # the learning rates (lr, PHASE/lr) are settings, not losses
                     key=lambda k: (k != "loss", k))
 
     def losses_figure() -> list[Figure]:
@@ -153,7 +155,7 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
             reference = test.tensors(2000).x if not spec.is_image else None
             x = model.preview_sample(NUM_SAMPLES, generator=generator)
             over = "" if spec.is_image else " (blue) over test examples (grey)"
-            return [Figure("Samples", images.sample_picture(x, spec, reference),
+            return [Figure("Samples", sample_picture(x, spec, reference),
                            f"{NUM_SAMPLES} samples from the model's preview sampler{over}, seed {seed}",
                            pixelated=spec.is_image)]
 
@@ -173,17 +175,16 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
         drawers.append(lambda: [Figure("Latent interpolation", grid(interpolation(model, x), 10),
                                        "each row decodes a straight line between the codes of two test examples",
                                        pixelated=True)])
-    if "restore" in have and spec.levels is not None:
-        from dgm.restoration import examples, shown
+    from dgm.apps import apps_for
 
-        for title, view in examples(x[:8], spec):
-            def restoration(title: str = title, view: Any = view) -> list[Figure]:
-                rows = torch.cat([shown(view, spec.shape[0]), model.restore(view, generator=generator), x[:8]])
-                return [Figure(f"Restoration: {title}", grid(rows, 8),
-                               "top: what is known of 8 test images; middle: the model's restorations; "
-                               "bottom: the test images", pixelated=True)]
+    for app in apps_for(model):  # each use of the model draws its own figures
+        def app_figures(app=app) -> list[Figure]:  # noqa: ANN001
+            with torch.inference_mode():
+                drawn = app.report_figures(model, x, generator=generator)
+            return [Figure(title, grid(pictures, columns), caption, pixelated=True)
+                    for title, pictures, columns, caption in drawn]
 
-            drawers.append(restoration)
+        drawers.append(app_figures)
 
     def own_figures() -> list[Figure]:
         return [Figure(title, grid(pictures, columns), caption, pixelated=True)

@@ -1,4 +1,5 @@
-"""Pictures of samples: image grids for image data, scatter plots for 2-D data."""
+"""Pictures as files and pages: image grids, scatter plots, matplotlib figures as images, PNG files
+and inline ``data:`` URIs. Nothing here knows a data representation (:mod:`dgm.data.pictures` does)."""
 from __future__ import annotations
 
 import base64
@@ -11,7 +12,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from dgm.data.core import DataSpec, to_unit
 
 
 def grid(images: Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1) -> Image.Image:
@@ -59,17 +59,6 @@ def figure_to_image(fig) -> Image.Image:  # noqa: ANN001 (a matplotlib Figure)
     plt.close(fig)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
-
-
-def sample_picture(samples: Tensor, spec: DataSpec, reference: Tensor | None = None,
-                   nrow: int | None = None) -> Image.Image:
-    """The natural picture of samples in ``spec``'s representation: a grid or a scatter plot."""
-    if spec.is_image:
-        scale = max(1, 64 // spec.shape[-1])  # 8x8 digits are shown 8 times larger
-        return grid(to_unit(samples, spec), nrow=nrow, scale=scale)
-    if spec.shape == (2,):
-        return scatter(samples, reference)
-    raise ValueError(f"no picture for data of shape {spec.shape}")
 
 
 def save(picture: Image.Image, path: str | Path) -> Path:

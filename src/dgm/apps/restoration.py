@@ -15,8 +15,8 @@ saying what to give instead.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -25,9 +25,10 @@ from torch import Tensor
 
 from dgm.data.core import DataSpec
 from dgm.errors import DgmError
+from dgm.apps import App, register_app
+from dgm.apps.options import POSITIVE, add_sampler_flags, output_path, sampler_options
 from dgm.models.samplers import Colorization, Inpaint, KnownView, SuperResolution
 
-Task = Literal["inpaint", "super-resolution", "colorize"]
 TASKS: tuple[str, ...] = ("inpaint", "super-resolution", "colorize")
 
 
@@ -128,7 +129,7 @@ def known_view(task: str, spec: DataSpec, input_path: str | Path | Image.Image, 
     return Inpaint(x.repeat(copies, 1, 1, 1), (~generate).expand(copies, 1, height, width))
 
 
-def examples(x: Tensor, spec: DataSpec) -> list[tuple[str, KnownView]]:
+def examples_of(x: Tensor, spec: DataSpec) -> list[tuple[str, KnownView]]:
     """Restoration tasks on test images ``x`` for the report: the central square (half the side)
     to inpaint, a 2x super-resolution, and, for colour images, colorization."""
     _, h, w = spec.shape
@@ -151,7 +152,7 @@ def restore_to_picture(model, view: KnownView, out: str | Path, *, seed: int = 0
                        **options) -> Path:
     """Restore ``view`` with ``model`` and save one row: the known view, then each candidate."""
     from dgm.data.core import to_unit
-    from dgm.report import images
+    from dgm.io import images
 
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
@@ -160,3 +161,56 @@ def restore_to_picture(model, view: KnownView, out: str | Path, *, seed: int = 0
     picture = images.grid(to_unit(torch.cat([given, restored.cpu()]), model.spec), nrow=len(restored) + 1,
                           scale=max(1, 64 // model.spec.shape[-1]))
     return images.save(picture, out)
+
+
+@register_app
+class Restoration(App):
+    """``dgm restore RUN --task inpaint|super-resolution|colorize --input PICTURE``, and the report's
+    restorations of test images, for every model that can ``restore`` a known view."""
+
+    name = "restore"
+    description = "inpaint, super-resolve or colorize a picture with a model that can restore known views"
+    requires = frozenset({"restore"})
+
+    def add_arguments(self, parser: argparse.ArgumentParser, model_class) -> None:  # noqa: ANN001
+
+        parser.add_argument("--task", required=True, choices=list(TASKS))
+        parser.add_argument("--input", required=True, help="the picture: the image (inpaint), a low-resolution "
+                            "or a grey one; test:K takes test example K of the run's data")
+        parser.add_argument("--mask", help="inpaint: a picture of the image's size, white where pixels are to be "
+                            "generated; 'centre' generates the central square")
+        parser.add_argument("-n", type=POSITIVE, default=4, help="restorations to draw")
+        parser.add_argument("-o", "--output", default="restored.png", help="a .png row: the input, then the restorations")
+        parser.add_argument("--resample", type=POSITIVE, default=5, help="RePaint resampling: repetitions of each step")
+        add_sampler_flags(parser, model_class, "restore")
+
+    def run(self, model, args: argparse.Namespace) -> str:  # noqa: ANN001
+        from dgm import run
+
+        out = output_path(args.output)
+        picture = args.input
+        if picture.startswith("test:"):  # a test example of the run's own dataset, as a user would give it
+            from dgm.data import load as load_dataset
+
+            config, _ = run.read_config(args.run)
+            test = load_dataset(config.data.name, "test", size=config.data.size, channels=config.data.channels)
+            index = picture[5:]
+            if not index.isdigit() or int(index) >= len(test):
+                raise DgmError(f"--input test:K takes the index of a test example, 0..{len(test) - 1}, got {picture!r}")
+            if test.spec.levels is None:
+                raise DgmError(f"restoration is for images, and {config.data.name!r} holds {test.spec.shape} vectors")
+            picture = picture_of(args.task, test.raw[int(index)].float() * 255 / (test.spec.levels - 1))
+        view = known_view(args.task, model.spec, picture, args.mask, copies=args.n).to(model.device)
+        options = sampler_options(model, args, model.restore)
+        restore_to_picture(model, view, out, seed=args.seed, progress=not args.quiet, resample=args.resample,
+                           **options)
+        return f"{args.task}: the input, then {args.n} restorations -> {out}"
+
+    def report_figures(self, model, examples: Tensor, *, generator: torch.Generator | None = None):  # noqa: ANN001, ANN201
+        spec = model.spec
+        if spec.levels is None:
+            return []
+        x = examples[:8]
+        return [(f"Restoration: {title}", torch.cat([shown(view, spec.shape[0]), model.restore(view, generator=generator), x]),
+                 len(x), f"top: what is known of {len(x)} test images; middle: the model's restorations; "
+                 "bottom: the test images") for title, view in examples_of(x, spec)]

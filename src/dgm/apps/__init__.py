@@ -1,0 +1,70 @@
+"""Apps: the uses of a trained model (restoration today; completion, semi-supervised
+classification, compression and probes next).
+
+An app names the capabilities it needs (:func:`dgm.models.capabilities`), adds its own ``dgm``
+subcommand and its own figures to the report, and works for every model that has those
+capabilities: the CLI and the report list a run's apps by what its model can do, never by family.
+A new use is one file here (or anywhere, e.g. a test) with a class decorated by :func:`register_app`.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from dgm.models.base import GenerativeModel, capabilities
+
+
+class App:
+    """Base class of the apps. Subclasses set ``name`` (the subcommand), ``description`` and
+    ``requires``, and implement :meth:`run`; :meth:`add_arguments` and :meth:`report_figures` are
+    optional."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset()  # capabilities the model must have
+
+    def add_arguments(self, parser: argparse.ArgumentParser, model_class: type[GenerativeModel] | None) -> None:
+        """Flags of ``dgm NAME RUN ...`` beyond RUN, --seed and --quiet; ``model_class`` is the class
+        of the run named on the command line (``None`` if none), for flags the model declares."""
+
+    def run(self, model: GenerativeModel, args: argparse.Namespace) -> str:
+        """Do the app's work for the command line; returns the line to print (what was written where)."""
+        raise NotImplementedError
+
+    def report_figures(self, model: GenerativeModel, examples: Tensor, *,
+                       generator: torch.Generator | None = None) -> list[tuple[str, Tensor, int, str]]:
+        """Figures for the run's report: ``(title, images (N, *shape) in the data representation,
+        images per row, caption)`` each, drawn on test ``examples``; none by default."""
+        return []
+
+    def supports(self, model: GenerativeModel | type[GenerativeModel]) -> bool:
+        return self.requires <= capabilities(model)
+
+
+APPS: dict[str, App] = {}
+
+
+def register_app(cls: type[App]) -> type[App]:
+    """Class decorator: make an app available as ``dgm NAME`` and in the report of every run whose
+    model has the capabilities it requires."""
+    APPS[cls.name] = cls()
+    return cls
+
+
+def apps_for(model: GenerativeModel | type[GenerativeModel]) -> list[App]:
+    """The registered apps that ``model`` can run."""
+    import dgm.apps.restoration  # noqa: F401  (registers the built-in apps)
+
+    return [app for app in APPS.values() if app.supports(model)]
+
+
+def iter_apps() -> list[App]:
+    import dgm.apps.restoration  # noqa: F401
+
+    return list(APPS.values())
+
+
+__all__ = ["APPS", "App", "apps_for", "iter_apps", "register_app"]
