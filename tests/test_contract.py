@@ -1,6 +1,7 @@
-"""One contract every registered model passes (STYLE.md habit 6): a finite loss in every phase,
-gradients that reach every parameter, samples of the data's shape, a save/load round trip through
-safetensors, seeded determinism, and declared capabilities that actually work."""
+"""One contract every registered model passes (docs/architecture.md, "Add a family in one file"): a
+finite loss in every phase, gradients that reach every parameter, samples of the data's shape, a
+save/load round trip through safetensors, seeded determinism, declared capabilities that actually
+work, and generation without autograd."""
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,6 @@
 """Log-likelihoods in nats and bits per dimension, with one convention for every family.
 
-Bits per dimension are always for the *discrete* data (DESIGN.md; Theis et al. 2016,
+Bits per dimension are always for the *discrete* data (docs/evaluation.md; Theis et al. 2016,
 arXiv:1511.01844; the RealNVP, Glow and PixelCNN papers):
 
 * a pmf over the discrete data (Bernoulli on binarized pixels, a categorical or discretized
