@@ -10,6 +10,7 @@ from dgm.models.base import (
     Phase,
     Progress,
     Sampler,
+    Stage,
     capabilities,
     capability,
     create,
@@ -18,5 +19,5 @@ from dgm.models.base import (
 )
 from dgm.models import diffusion, gan, vae  # noqa: F401  (registers "vae", "gan" and its variants, "ddpm")
 
-__all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "capabilities", "capability",
+__all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "Stage", "capabilities", "capability",
            "create", "model_class", "register"]

@@ -7,8 +7,10 @@ It declares
 * its training objective(s) as named :class:`Phase` objects; the trainer runs the phases of one
   *round* in order, each for ``phase.steps`` optimiser steps on fresh batches, and calls
   :meth:`GenerativeModel.loss` with the phase name. One phase for most families; a GAN has a
-  critic phase (k steps) and a generator phase; a two-stage model (VQ-VAE, then a prior) has phases
-  active in different epoch ranges. The trainer never asks which family it is training.
+  critic phase (k steps) and a generator phase. A model trained in stages (:class:`Stage`), one
+  after another (a VQ-VAE, then a prior over its codes), declares them with
+  :meth:`GenerativeModel.stages`, each with its own phases, budget and schedule. The trainer never
+  asks which family it is training.
 * :meth:`sample` in data space, and whichever of :meth:`log_prob` (exact), :meth:`elbo` (a lower
   bound), :meth:`iwae_bound` (importance-weighted, k samples), :meth:`encode`, :meth:`decode`,
   :meth:`reconstruct` it has. :func:`capabilities` says which, by looking at what the subclass
@@ -20,7 +22,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -39,10 +41,10 @@ class Phase:
         name: passed back to :meth:`GenerativeModel.loss`.
         parameters: the parameters this phase's optimiser updates.
         steps: optimiser steps per round (e.g. ``k`` critic steps per generator step).
-        lr: learning rate; ``None`` takes the trainer's ``lr`` (TTUR sets two rates).
+        lr: learning rate; ``None`` takes its stage's, else the trainer's ``lr`` (TTUR sets two rates).
         betas: Adam betas; ``None`` takes the trainer's.
-        epochs: ``(first, last)`` epochs, 0-based and inclusive, in which the phase is active;
-            ``None`` for always. Multi-stage models (a VQ-VAE, then its prior) use this.
+        epochs: ``(first, last)`` epochs of its stage, 0-based and inclusive, in which the phase is
+            active; ``None`` for always. (Stages that follow one another: :class:`Stage`.)
         after_step: called after each optimiser step of this phase, e.g. a projection of the
             parameters back onto a constraint set (WGAN's weight clipping).
     """
@@ -57,6 +59,36 @@ class Phase:
 
     def active(self, epoch: int) -> bool:
         return self.epochs is None or self.epochs[0] <= epoch <= self.epochs[1]
+
+
+@dataclass
+class Stage:
+    """One stage of a model's training: its phases, trained for its own budget after the stages
+    before it, with fresh optimisers and a learning-rate schedule (warm-up, then constant or cosine)
+    over its own steps. While a stage runs, the parameters of the other stages' phases are frozen.
+
+    Attributes:
+        name: the stage, in messages, ``trainer.json`` and :attr:`Progress.stage`.
+        phases: its players; phase names are unique across all the stages (``loss`` gets the phase
+            name, and ``metrics.csv`` names columns by phase).
+        epochs: its budget in epochs (at least 1); ``None`` (the last stage only): the rest of
+            ``train.epochs``.
+        lr: base rate of its phases that set none; ``None``: ``train.lr``.
+        schedule: its schedule after warm-up; ``None``: ``train.schedule``.
+        warmup_steps: its linear warm-up from 0, in optimiser steps; ``None``: ``train.warmup_steps``.
+
+    Example:
+        >>> def stages(self):  # a VQ-VAE, then an autoregressive prior over its codes
+        ...     return [Stage("vqvae", [Phase("autoencoder", [*self.encoder.parameters(), ...])], epochs=20),
+        ...             Stage("prior", [Phase("prior", list(self.prior.parameters()))], lr=3e-4, schedule="cosine")]
+    """
+
+    name: str
+    phases: list[Phase]
+    epochs: int | None = None
+    lr: float | None = None
+    schedule: Literal["constant", "cosine"] | None = None
+    warmup_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +119,9 @@ class Progress:
     step: int = 0  # optimiser rounds completed so far
     epoch: int = 0
     total_steps: int = 1  # rounds in the whole run
+    stage: str = "model"  # the stage being trained (see GenerativeModel.stages)
+    stage_step: int = 0  # optimiser rounds completed in this stage
+    stage_steps: int = 1  # rounds in this stage
 
 
 @dataclass
@@ -134,8 +169,13 @@ class GenerativeModel(nn.Module):
 
     # -- training --------------------------------------------------------------------------------
     def phases(self) -> list[Phase]:
-        """The players/stages of training; one phase over all parameters by default."""
+        """The players of training; one phase over all parameters by default."""
         return [Phase("model", list(self.parameters()))]
+
+    def stages(self) -> list[Stage]:
+        """The stages of training, run one after another; by default one stage of :meth:`phases`
+        for ``train.epochs`` epochs. Override to train in stages (see :class:`Stage`)."""
+        return [Stage("model", self.phases())]
 
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         raise NotImplementedError
@@ -166,7 +206,9 @@ class GenerativeModel(nn.Module):
 
     # -- optional capabilities (override what the model has) ---------------------------------------
     def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log-likelihood in nats, ``(B,)``."""
+        """Exact log-likelihood in nats, ``(B,)``. On padded data (``spec.kind`` tokens or points) the
+        evaluator calls ``log_prob(x, mask=mask)`` with ``mask`` (B, L) true where real: a model of
+        such data takes that keyword and leaves the padding out (the same for the bounds below)."""
         raise NotImplementedError
 
     def elbo(self, x: Tensor) -> Tensor:

@@ -4,8 +4,9 @@ A run directory holds
 
 * ``config.json`` — what to build (model name and config, data, trainer settings, the data spec);
 * ``weights.safetensors`` — the model's ``state_dict``; ``ema.safetensors`` — EMA weights if kept;
-* ``trainer.safetensors`` + ``trainer.json`` — optimiser states, RNG states and the position in the
-  run (epoch, batch), so an interrupted run resumes on the same loss curve.
+* ``trainer.safetensors`` + ``trainer.json`` — the optimiser states of the stage being trained, RNG
+  states and the position in the run (epoch, batch, stage), so an interrupted run resumes on the
+  same loss curve, in the same stage.
 
 Files are written to a temporary name and renamed, so a crash mid-write never replaces the last good
 checkpoint with a broken one; the files of one checkpoint are replaced together

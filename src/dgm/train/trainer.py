@@ -1,11 +1,13 @@
 """One training loop for every family.
 
 The trainer knows nothing about the model it trains beyond the protocol of
-:class:`~dgm.models.base.GenerativeModel`: it asks for the model's phases, builds one optimiser per
+:class:`~dgm.models.base.GenerativeModel`: it asks for the model's stages (one, holding its phases,
+unless the model trains in stages), and for each stage in turn builds fresh optimisers, one per
 phase, and within each epoch cycles through the active phases, ``phase.steps`` optimiser steps each,
 every step on a fresh batch::
 
-    for epoch in epochs:
+    for stage in stages:                           # e.g. a VQ-VAE, then a prior over its codes
+      for epoch in stage's epochs:                 # the learning-rate schedule runs over the stage
         for i, batch in enumerate(data.batches(...)):
             phase = cycle[i % len(cycle)]          # e.g. [critic] * 5 + [generator]
             loss = model.loss(batch, phase.name, progress)
@@ -40,7 +42,7 @@ from torch import Tensor
 
 from dgm.data.core import Dataset
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Phase, Progress, capabilities
+from dgm.models.base import GenerativeModel, Phase, Progress, Stage, capabilities
 from dgm.train import checkpoint as ckpt
 from dgm.settings import Decay, check, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from dgm.train.ema import EMA
@@ -50,15 +52,18 @@ from dgm.train.ema import EMA
 class TrainConfig:
     """Settings of the training loop (``--set train.KEY=VALUE``)."""
 
-    epochs: PositiveInt = 10  # passes over the training split
+    # passes over the training split, in all. A model trained in stages with a budget each: their sum
+    # (the default 10 takes it; another value that disagrees is refused); whose last stage sets no
+    # budget: that stage trains for what the others leave of this
+    epochs: PositiveInt = 10
     batch_size: PositiveInt = 128  # examples per optimiser step
     # Adam learning rate of the phases that do not set their own (a GAN's players set theirs: then a
     # value other than this default counts as set by hand and is refused, naming the model's settings)
     lr: PositiveFloat = 1e-3
     betas: tuple[Decay, Decay] = (0.9, 0.999)  # Adam betas of the phases without their own (refused as lr is)
     weight_decay: NonNegativeFloat = 0.0  # decoupled weight decay (AdamW)
-    schedule: Literal["constant", "cosine"] = "constant"  # learning-rate schedule after warm-up
-    warmup_steps: NonNegativeInt = 0  # linear learning-rate warm-up from 0, in optimiser rounds
+    schedule: Literal["constant", "cosine"] = "constant"  # learning-rate schedule after warm-up, over each stage
+    warmup_steps: NonNegativeInt = 0  # linear learning-rate warm-up from 0 at each stage's start, in optimiser steps
     grad_clip: PositiveFloat | None = None  # clip the global gradient norm of each phase to this value
     ema: Decay | None = None  # EMA decay of the weights, used to sample (e.g. 0.999); None: the model's default (ddpm 0.999, others none); 0: off
     seed: NonNegativeInt = 0  # seeds weights, data order and all noise: a run is reproducible from config.json
@@ -138,11 +143,17 @@ class Trainer:
             self.config = replace(self.config, batch_size=len(self.data))
         config = self.config
         torch.manual_seed(config.seed)  # noise the model draws in training comes from here
-        self.phases: list[Phase] = model.phases()
+        self.stages: list[Stage] = model.stages()
+        self.phases: list[Phase] = [p for s in self.stages for p in s.phases]  # of every stage
+        self._stage_of = {p.name: s for s in self.stages for p in s.phases}
+        self._check_stages()
         self._refuse_unused_settings()
-        self.optimizers = {p.name: torch.optim.AdamW(
-            p.parameters, lr=self.phase_lr(p), betas=p.betas or config.betas,
-            weight_decay=config.weight_decay) for p in self.phases}
+        config = self.config  # with the epochs the stages resolved
+        # a stage freezes the others' parameters while it trains; fit() gives these flags back
+        self._requires_grad = {id(p): (p, p.requires_grad) for p in self._staged_parameters()}
+        self.stage_index = 0
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}  # the current stage's, by phase
+        self._enter_stage(0)
         self.ema = EMA(model, config.ema) if config.ema else None
         self.data_rng = torch.Generator(device="cpu").manual_seed(config.seed)
         self.position = _Position()
@@ -167,39 +178,126 @@ class Trainer:
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.config.epochs
 
+    @property
+    def stage(self) -> Stage:
+        """The stage being trained."""
+        return self.stages[self.stage_index]
+
+    def stage_epochs(self) -> list[tuple[int, int]]:
+        """``(first epoch, epochs)`` of each stage in the run (a last stage without a budget takes
+        the rest of ``train.epochs``)."""
+        spans, first = [], 0
+        for stage in self.stages:
+            epochs = stage.epochs if stage.epochs is not None else self.config.epochs - first
+            spans.append((first, epochs))
+            first += epochs
+        return spans
+
+    def stage_at(self, epoch: int) -> int:
+        """The index of the stage that trains ``epoch`` (the last stage from the run's end on)."""
+        for index, (first, epochs) in enumerate(self.stage_epochs()):
+            if epoch < first + epochs:
+                return index
+        return len(self.stages) - 1
+
+    def _check_stages(self) -> None:
+        """Stages the trainer can run, and ``train.epochs`` resolved against their budgets."""
+        model, stages = self.model.name, self.stages
+        if not stages or any(not s.phases for s in stages):
+            raise DgmError(f"model {model!r} declares a stage without phases: every stage trains at least one phase")
+        names = [p.name for p in self.phases]
+        if len(set(names)) < len(names):
+            raise DgmError(f"model {model!r} names phases {names} across its stages: give each phase its own name")
+        if any(s.epochs is not None and s.epochs < 1 for s in stages):
+            raise DgmError(f"model {model!r} gives a stage a budget below 1 epoch: every stage trains at least one")
+        if any(s.epochs is None for s in stages[:-1]):
+            raise DgmError(f"model {model!r} leaves the budget of a stage before its last unset: "
+                           f"only the last stage may train for the rest of train.epochs")
+        fixed = sum(s.epochs or 0 for s in stages)
+        budgets = ", then ".join(f"{s.name} ({s.epochs} epochs)" for s in stages if s.epochs is not None)
+        if stages[-1].epochs is None:
+            if self.config.epochs <= fixed:
+                raise DgmError(f"model {model!r} trains {budgets} before stage {stages[-1].name!r}: "
+                               f"set train.epochs above {fixed} to leave epochs for it")
+        elif self.config.epochs != fixed:
+            if self.config.epochs != TrainConfig().epochs:  # set by hand: it would not be the budget
+                raise DgmError(f"model {model!r} trains {budgets}: {fixed} epochs in all; "
+                               f"set train.epochs={fixed} or drop it")
+            self.config = replace(self.config, epochs=fixed)
+
+    def _staged_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters of every stage's phases (a one-stage model freezes nothing)."""
+        if len(self.stages) == 1:
+            return []
+        return list({id(p): p for phase in self.phases for p in phase.parameters}.values())
+
+    def _enter_stage(self, index: int) -> None:
+        """Start (or resume) stage ``index``: fresh optimisers for its phases."""
+        self.stage_index = index
+        self.optimizers = {p.name: torch.optim.AdamW(
+            p.parameters, lr=self.phase_lr(p), betas=p.betas or self.config.betas,
+            weight_decay=self.config.weight_decay) for p in self.stage.phases}
+
+    def _freeze_other_stages(self) -> None:
+        """While a stage trains, the parameters only other stages train get no gradients (no
+        compute, no memory spent on them); :meth:`fit` gives the flags back when it ends."""
+        own = {id(p) for phase in self.stage.phases for p in phase.parameters}
+        for p in self._staged_parameters():
+            p.requires_grad_(id(p) in own and self._requires_grad[id(p)][1])
+
+    def _restore_requires_grad(self) -> None:
+        for p, flag in self._requires_grad.values():
+            p.requires_grad_(flag)
+
     def phase_lr(self, phase: Phase) -> float:
-        """The base learning rate of ``phase``: its own, else ``train.lr`` (before the schedule)."""
-        return phase.lr or self.config.lr
+        """The base learning rate of ``phase``: its own, else its stage's, else ``train.lr`` (before
+        the schedule)."""
+        return phase.lr or self._stage_of[phase.name].lr or self.config.lr
 
     def _refuse_unused_settings(self) -> None:
-        """``train.lr`` / ``train.betas`` set (i.e. not the default) for a model whose phases all set
-        their own would be silently ignored: say which of the model's settings to use instead."""
+        """``train.lr`` / ``train.betas`` / ``train.schedule`` / ``train.warmup_steps`` set (i.e. not
+        the default) for a model whose phases (or stages) all set their own would be silently
+        ignored: say which of the model's settings to use instead."""
         defaults = TrainConfig()
-        for key in ("lr", "betas"):
-            if getattr(self.config, key) == getattr(defaults, key) or \
-                    any(getattr(p, key) is None for p in self.phases):
+        for key in ("lr", "betas", "schedule", "warmup_steps"):
+            if key in ("lr", "betas"):
+                who, unset = "phases", [p.name for p in self.phases if getattr(p, key) is None
+                                        and (key == "betas" or self._stage_of[p.name].lr is None)]
+                named = [p.name for p in self.phases]
+            else:
+                who, unset = "stages", [s.name for s in self.stages if getattr(s, key) is None]
+                named = [s.name for s in self.stages]
+            if getattr(self.config, key) == getattr(defaults, key) or unset:
                 continue
             own = [f"model.{f.name}=..." for f in fields(self.model.config)
                    if f.name == key or f.name.startswith(key + "_")] if is_dataclass(self.model.config) else []
             raise DgmError(
-                f"model {self.model.name!r} sets the {key} of each of its phases "
-                f"({', '.join(p.name for p in self.phases)}), so train.{key} would not be used: "
+                f"model {self.model.name!r} sets the {key} of each of its {who} "
+                f"({', '.join(named)}), so train.{key} would not be used: "
                 + (f"use --set {' / '.join(own)} instead" if own else f"drop train.{key}"))
 
     def lr_factor(self, step: int) -> float:
-        c = self.config
-        if step < c.warmup_steps:
-            return (step + 1) / c.warmup_steps
-        if c.schedule == "cosine":
-            t = (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)
+        """The schedule's factor at run step ``step``, within the stage that trains it: linear
+        warm-up from the stage's start, then constant or cosine down to 0 at the stage's end."""
+        index = self.stage_at(step // max(1, self.steps_per_epoch))
+        stage, (first, epochs) = self.stages[index], self.stage_epochs()[index]
+        warmup = stage.warmup_steps if stage.warmup_steps is not None else self.config.warmup_steps
+        schedule = stage.schedule or self.config.schedule
+        step -= first * self.steps_per_epoch  # within the stage
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            t = (step - warmup) / max(1, epochs * self.steps_per_epoch - warmup)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
         return 1.0
 
     def cycle(self, epoch: int) -> list[Phase]:
         """The order of phases within one round of this epoch (e.g. five critic steps, one generator)."""
-        active = [p for p in self.phases if p.active(epoch)]
+        first = self.stage_epochs()[self.stage_index][0]
+        active = [p for p in self.stage.phases if p.active(epoch - first)]
         if not active:
-            raise DgmError(f"no training phase of model {self.model.name!r} is active in epoch {epoch}")
+            raise DgmError(f"no training phase of model {self.model.name!r} is active in epoch {epoch}"
+                           + (f" (stage {self.stage.name!r})" if len(self.stages) > 1 else ""))
         return [p for p in active for _ in range(p.steps)]
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -218,6 +316,10 @@ class Trainer:
         previous_handler = self._catch_interrupts()
         try:
             while pos.epoch < c.epochs:
+                if self.stage_at(pos.epoch) != self.stage_index:  # (entered at the last epoch's end as a rule)
+                    self._enter_stage(self.stage_at(pos.epoch))
+                self._freeze_other_stages()
+                first, epochs = self.stage_epochs()[self.stage_index]
                 if pos.batch == 0:
                     pos.data_rng = self.data_rng.get_state()
                 else:  # resuming inside an epoch: replay its order from the saved generator state
@@ -233,7 +335,9 @@ class Trainer:
                     phase = cycle[pos.batch % len(cycle)]
                     try:
                         with autocast:
-                            out = self.model.loss(batch, phase.name, Progress(pos.step, pos.epoch, self.total_steps))
+                            out = self.model.loss(batch, phase.name, Progress(
+                                pos.step, pos.epoch, self.total_steps, self.stage.name,
+                                pos.step - first * self.steps_per_epoch, epochs * self.steps_per_epoch))
                         self._step(phase, out.loss)
                     except Exception:
                         self._check_finite()  # an error on weights an unchecked NaN step spoiled is that NaN
@@ -263,6 +367,7 @@ class Trainer:
                 f"resume with 'dgm train --resume {self.run_dir}'" if self.run_dir else
                 f"interrupted at step {pos.step}") from None
         finally:
+            self._restore_requires_grad()
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
         return pos.history
@@ -385,8 +490,9 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
+        stage = f"{self.stage.name}: " if len(self.stages) > 1 else ""
         bar = tqdm(total=self.steps_per_epoch, initial=self.position.batch, leave=False,
-                   desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step", dynamic_ncols=True)
+                   desc=f"{stage}epoch {epoch + 1}/{self.config.epochs}", unit="step", dynamic_ncols=True)
         if self._postfix:
             bar.set_postfix_str(self._postfix, refresh=False)
         return bar
@@ -405,6 +511,8 @@ class Trainer:
             self.save_sample_grid(self.run_dir / "samples" / f"epoch_{pos.epoch + 1:03d}.png")
         pos.epoch += 1
         pos.batch = 0
+        if pos.epoch < self.config.epochs and self.stage_at(pos.epoch) != self.stage_index:
+            self._enter_stage(self.stage_at(pos.epoch))  # so the checkpoint holds the next stage's optimisers
         self.save_checkpoint()
 
     @torch.inference_mode()
@@ -458,7 +566,7 @@ class Trainer:
             files[ckpt.EMA_WEIGHTS] = self.ema.shadow
         # a log interval cut by the checkpoint: its float32 sums, exactly, and its step counts
         log_sums = {**self._read_sums(), **{f"_count/{p}": n for p, n in self._log_counts.items()}}
-        state = {"epoch": pos.epoch, "batch": pos.batch, "step": pos.step,
+        state = {"epoch": pos.epoch, "batch": pos.batch, "step": pos.step, "stage": self.stage.name,
                  "optimizers": optim_meta, "log_sums": log_sums, "config": asdict(self.config)}
         # all files or none: a crash while saving leaves the previous checkpoint whole
         ckpt.save_checkpoint(self.run_dir, files, state)
@@ -473,6 +581,14 @@ class Trainer:
                                      self.run_dir / ckpt.WEIGHTS)
         if self.ema is not None and (self.run_dir / ckpt.EMA_WEIGHTS).exists():
             self.ema.shadow = ckpt.load_tensors(self.run_dir / ckpt.EMA_WEIGHTS, self.device)
+        # the stage whose optimisers the checkpoint holds (a checkpoint from before stages: the one)
+        stage = state.get("stage", self.stages[0].name)
+        index = next((i for i, s in enumerate(self.stages) if s.name == stage), None)
+        if index is None or index != self.stage_at(state["epoch"]):
+            raise DgmError(f"the checkpoint in {self.run_dir} is in stage {stage!r} at epoch {state['epoch']}, "
+                           f"which the model's stages ({', '.join(s.name for s in self.stages)}) do not match: "
+                           f"it was written by another model")
+        self._enter_stage(index)
         for name, optimizer in self.optimizers.items():
             if name not in state["optimizers"]:
                 raise DgmError(f"the checkpoint in {self.run_dir} has no optimiser for phase {name!r}: "
