@@ -78,11 +78,18 @@ class EvalContext:
 
     def batches(self, batch_size: int | None = None, desc: str = "") -> Iterator[Tensor]:
         """The split's examples (in the model's representation) in order, with a progress bar."""
+        for x, _ in self.inputs(batch_size, desc):
+            yield x
+
+    def inputs(self, batch_size: int | None = None, desc: str = "") -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        """The split's examples in order, each batch with the keyword arguments a likelihood takes
+        besides ``x``: ``{"mask": (B, L) or (B, N)}`` of the real tokens or points of padded data
+        (``model.log_prob(x, mask=mask)``), ``{}`` for fixed-size examples."""
         size = batch_size or self.batch_size
         total = self.data.num_batches(size)
         iterator = self.data.batches(size, generator=torch.Generator().manual_seed(0))
         for batch in progress_bar(iterator, enabled=self.progress, total=total, desc=desc):
-            yield batch.x
+            yield batch.x, ({} if batch.mask is None else {"mask": batch.mask})
 
     def once(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` the first time ``key`` is asked for, the stored value after."""

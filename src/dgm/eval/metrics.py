@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from dgm.eval.core import EvalContext, Plan, Result, Work, metric
-from dgm.eval.likelihood import bits_per_dim
+from dgm.eval.likelihood import bits_per_dim, nats_per_unit
 from dgm.models.base import GenerativeModel, capabilities
 
 #: examples x importance samples per forward pass of an IWAE bound (memory vs speed)
@@ -16,46 +18,88 @@ IWAE_SAMPLES_PER_PASS = 8192
 
 def likelihood_results(name: str, log_px: Tensor, qualifier: str, model: GenerativeModel,
                        ctx: EvalContext) -> list[Result]:
-    """Mean NLL in nats, and in bits/dim where the data is discrete (see :mod:`dgm.eval.likelihood`)."""
+    """Mean NLL in nats, and in bits/dim where the data is discrete (see :mod:`dgm.eval.likelihood`);
+    for padded tokens and points, also per real token (bits) or per real point (nats, bits/dim)."""
     nll = -log_px.double().mean().item()
     stderr = log_px.double().std().item() / math.sqrt(len(log_px)) if len(log_px) > 1 else 0.0
-    what = f"{qualifier}, {model.spec.representation}"
+    spec = model.spec
+    what = f"{qualifier}, {spec.representation}"
+    if spec.is_variable_length:
+        return [Result(name, nll, "nats", f"{qualifier}, per {EXAMPLE[spec.kind]}", ctx.split, {"stderr": stderr}),
+                *per_unit_results(name, log_px, qualifier, model, ctx)]
     out = [Result(name, nll, "nats", what, ctx.split, {"stderr": stderr})]
-    bpd = bits_per_dim(nll, model.spec, model.likelihood_kind)
+    bpd = bits_per_dim(nll, spec, model.likelihood_kind)
     if bpd is not None:
-        out.append(Result(name, bpd, "bits/dim", what, ctx.split, {"stderr": stderr / (model.spec.dim * math.log(2))}))
+        out.append(Result(name, bpd, "bits/dim", what, ctx.split, {"stderr": stderr / (spec.dim * math.log(2))}))
     return out
+
+
+#: what one example of a padded kind is, and what it is counted in
+EXAMPLE = {"tokens": "sequence", "points": "set"}
+UNIT = {"tokens": "token", "points": "point"}
+
+
+def per_unit_results(name: str, log_px: Tensor, qualifier: str, model: GenerativeModel,
+                     ctx: EvalContext) -> list[Result]:
+    """Bits per real token, or nats per real point and bits/dim of the continuous points: the
+    split's lengths count the real units of each example (padding is left out)."""
+    spec = model.spec
+    units = ctx.data.lengths[:len(log_px)]  # (N,) in the order of the evaluation batches
+    nats, stderr = nats_per_unit(log_px, units)
+    unit = UNIT[spec.kind]
+    what = f"{qualifier}, per real {unit} ({int(units.sum())} in {len(units)} {EXAMPLE[spec.kind]}s, padding left out)"
+    if spec.kind == "tokens":
+        return [Result(name, nats / math.log(2), "bits/token", what, ctx.split, {"stderr": stderr / math.log(2)})]
+    d = spec.shape[-1]  # coordinates of one point
+    return [Result(name, nats, "nats/point", what, ctx.split, {"stderr": stderr}),
+            Result(name, nats / (d * math.log(2)), "bits/dim",
+                   f"{what}, density of the continuous coordinates (no dequantization term)", ctx.split,
+                   {"stderr": stderr / (d * math.log(2))})]
 
 
 def iwae_log_px(model: GenerativeModel, ctx: EvalContext, k: int) -> Tensor:
     chunk = min(k, 500)
     batch = max(1, IWAE_SAMPLES_PER_PASS // chunk)
-    return ctx.once(f"iwae-{k}", lambda: torch.cat([model.iwae_bound(x, k, chunk=chunk)
-                                                    for x in ctx.batches(batch, f"IWAE k={k}")]))
+    return ctx.once(f"iwae-{k}", lambda: torch.cat([model.iwae_bound(x, k, chunk=chunk, **options)
+                                                    for x, options in ctx.inputs(batch, f"IWAE k={k}")]))
 
 
 def elbo_log_px(model: GenerativeModel, ctx: EvalContext) -> Tensor:
     """The ELBO of every example, computed once per evaluation (``nll`` of a model without a tighter
     bound and ``elbo`` share it: for a diffusion model it is T network calls per example)."""
-    return ctx.once("elbo", lambda: torch.cat([model.elbo(x) for x in ctx.batches(desc=model.elbo_description)]))
+    return ctx.once("elbo", lambda: torch.cat([model.elbo(x, **options)
+                                               for x, options in ctx.inputs(desc=model.elbo_description)]))
 
 
 def first_examples(ctx: EvalContext, n: int) -> Tensor:
     return ctx.data.tensors(min(n, len(ctx.data))).x
 
 
+def first_inputs(ctx: EvalContext, n: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """The first ``n`` examples and the keyword arguments a likelihood takes with them (the mask of
+    padded data, as :meth:`EvalContext.inputs`)."""
+    batch = ctx.data.tensors(min(n, len(ctx.data)))
+    return batch.x, ({} if batch.mask is None else {"mask": batch.mask})
+
+
+def on_first(ctx: EvalContext, n: int, method: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
+    """``method(x, *args, **kwargs)`` on the first ``n`` examples, with their mask where padded."""
+    x, options = first_inputs(ctx, n)
+    return method(x, *args, **kwargs, **options)
+
+
 # --- what each likelihood will cost (the estimate dgm eval prints first) ---------------------------
 def log_prob_work(model: GenerativeModel, ctx: EvalContext) -> Work:
-    return Work("exact log-likelihoods", len(ctx.data), lambda n: model.log_prob(first_examples(ctx, n)))
+    return Work("exact log-likelihoods", len(ctx.data), lambda n: on_first(ctx, n, model.log_prob))
 
 
 def iwae_work(model: GenerativeModel, ctx: EvalContext) -> Work:
     return Work(f"IWAE k={ctx.k} bounds", len(ctx.data),
-                lambda n: model.iwae_bound(first_examples(ctx, n), ctx.k, chunk=min(ctx.k, 500)))
+                lambda n: on_first(ctx, n, model.iwae_bound, ctx.k, chunk=min(ctx.k, 500)))
 
 
 def elbo_work(model: GenerativeModel, ctx: EvalContext) -> Work:
-    return Work("ELBO", len(ctx.data), lambda n: model.elbo(first_examples(ctx, n)))
+    return Work("ELBO", len(ctx.data), lambda n: on_first(ctx, n, model.elbo))
 
 
 def nll_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
@@ -72,7 +116,7 @@ def nll_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
 def nll(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     have = capabilities(model)
     if "log_prob" in have:
-        log_px = torch.cat([model.log_prob(x) for x in ctx.batches(desc="log p(x)")])
+        log_px = torch.cat([model.log_prob(x, **options) for x, options in ctx.inputs(desc="log p(x)")])
         return likelihood_results("nll", log_px, "exact", model, ctx)
     if "iwae_bound" in have:
         return likelihood_results("nll", iwae_log_px(model, ctx, ctx.k), f"bound (IWAE k={ctx.k})", model, ctx)

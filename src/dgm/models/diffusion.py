@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, register
+from dgm.models.refusals import refuse_partial_labels, refuse_variable_length
 from dgm.models import samplers
 from dgm.nn.distributions import normal_kl, normal_log_prob
 from dgm.nn.unet import DenoisingMLP, UNet, max_levels
@@ -263,6 +264,11 @@ class DDIMOptions(AncestralOptions):
         "help": "noise of each step: 0 deterministic, 1 the DDPM posterior variance; default model.eta"})
 
 
+#: why a DDPM refuses token sequences and point sets
+PADDING_REASON = ("it noises and denoises every position of a fixed-size example, so it would model the "
+                  "padding as data (and tokens are not continuous)")
+
+
 @dataclass
 class DDPMConfig:
     """Settings of :class:`DDPM` (``--set model.KEY=VALUE``)."""
@@ -313,6 +319,7 @@ class DDPM(GenerativeModel):
 
     def __init__(self, config: DDPMConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
+        refuse_variable_length(self.name, spec, PADDING_REASON)
         c = config
         expected = self.default_representation(config, spec)
         if spec.representation != expected:
@@ -347,6 +354,7 @@ class DDPM(GenerativeModel):
 
     @classmethod
     def default_representation(cls, config: DDPMConfig, spec: DataSpec) -> str:
+        refuse_variable_length(cls.name, spec, PADDING_REASON)
         return "continuous" if spec.levels is None else "signed"
 
     @property
@@ -371,6 +379,7 @@ class DDPM(GenerativeModel):
         c, x0 = self.config, batch.x
         y = None
         if c.conditional:  # drop labels to the null class so one network is both models (CFG)
+            refuse_partial_labels(self.name, batch, "with conditional=true")
             drop = torch.rand(len(x0), device=x0.device) < c.class_dropout
             y = torch.where(drop, torch.full_like(batch.y, self.null_class), batch.y)
         t = torch.randint(0, self.process.num_timesteps, (len(x0),), device=x0.device)

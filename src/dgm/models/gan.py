@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Phase, Progress, register
+from dgm.models.refusals import refuse_partial_labels, refuse_variable_length
 from dgm.nn import MLP
 from dgm.nn.distributions import normal_log_prob
 from dgm.settings import Decay, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, type_hints
@@ -124,6 +125,11 @@ class Draw:
     y: Tensor | None = None  # (B,) int64 class labels
 
 
+#: why a GAN refuses token sequences and point sets
+PADDING_REASON = ("its generator and critic see fixed-size examples, so they would learn the padding as data "
+                  "and the critic could tell fakes by it")
+
+
 @dataclass
 class GANConfig:
     """Settings of :class:`GAN` and its presets (``--set model.KEY=VALUE``)."""
@@ -165,6 +171,7 @@ class GAN(GenerativeModel):
 
     def __init__(self, config: GANConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
+        refuse_variable_length(self.name, spec, PADDING_REASON)
         c = config
         self._check(c, spec)
         network = c.network if c.network != "auto" else ("dcgan" if spec.is_image else "mlp")
@@ -203,6 +210,7 @@ class GAN(GenerativeModel):
 
     @classmethod
     def default_representation(cls, config: GANConfig, spec: DataSpec) -> str:
+        refuse_variable_length(cls.name, spec, PADDING_REASON)
         # images in [-1, 1] to match the generator's tanh output (DCGAN sec. 4)
         return "continuous" if spec.levels is None else "signed"
 
@@ -313,6 +321,8 @@ class GAN(GenerativeModel):
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         if self.config.pack > 1 and len(batch.x) % self.config.pack:
             raise DgmError(f"model.pack={self.config.pack} needs a batch size divisible by it, got {len(batch.x)}")
+        if self.num_classes:  # the critic (and the class head) read every real example's label
+            refuse_partial_labels(self.name, batch, f"with conditional={self.config.conditional}")
         draw = self.draw(len(batch.x))
         if phase == CRITIC:
             return self.critic_objective(batch, draw)

@@ -32,9 +32,15 @@ from torch import Tensor, nn
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, register
+from dgm.models.refusals import refuse_variable_length
 from dgm.settings import NonNegativeFloat, NonNegativeInt, PositiveInt
 from dgm.nn import LIKELIHOODS, MLP, ConvDecoder, ConvEncoder, make_likelihood
 from dgm.nn.distributions import normal_log_prob
+
+
+#: why a VAE refuses token sequences and point sets
+PADDING_REASON = ("its likelihood covers every position of a fixed-size example, so it would train on the "
+                  "padding as data")
 
 
 @dataclass
@@ -73,6 +79,7 @@ class VAE(GenerativeModel):
 
     def __init__(self, config: VAEConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
+        refuse_variable_length(self.name, spec, PADDING_REASON)
         if config.iwae_k < 1:
             raise DgmError(f"model.iwae_k must be >= 1, got {config.iwae_k}")
         if config.iwae_k > 1 and (config.beta != 1 or config.free_bits or config.kl_warmup_steps):
@@ -96,6 +103,7 @@ class VAE(GenerativeModel):
 
     @classmethod
     def default_representation(cls, config: VAEConfig, spec: DataSpec) -> str:
+        refuse_variable_length(cls.name, spec, PADDING_REASON)
         if spec.levels is None:  # continuous data (2-D toys, float arrays)
             return "continuous"
         return LIKELIHOODS[config.likelihood].default_representation

@@ -24,7 +24,7 @@ from PIL import Image
 
 from dgm.data.core import Dataset, to_unit
 from dgm.models.base import GenerativeModel, capabilities
-from dgm.data.pictures import sample_picture
+from dgm.data.pictures import decode_tokens, sample_picture
 from dgm.io import images
 from dgm.train.trainer import read_csv
 
@@ -45,6 +45,13 @@ FIGURES_INDEX = "figures.json"
 
 #: samples shown in the report
 NUM_SAMPLES = 64
+#: how the samples of each data kind are shown, for the caption
+SAMPLES_SHOWN = {
+    "image": "",
+    "vector": " (blue) over test examples (grey)",
+    "tokens": ", one per line: the bytes up to the first padding token (0), decoded as UTF-8",
+    "points": ", one small scatter plot per set, its padding points (at the origin) left out",
+}
 
 
 @dataclass
@@ -55,11 +62,13 @@ class Figure:
     picture: Image.Image
     caption: str
     pixelated: bool = False  # an image grid, shown with sharp pixels (plots are smoothed as usual)
+    text: str | None = None  # shown as text instead of the picture (samples of token sequences)
 
     def to_html(self) -> str:
         cls = " class='pixelated'" if self.pixelated else ""
-        return (f"<h2>{html.escape(self.title)}</h2><figure><img{cls} src='{images.data_uri(self.picture)}' "
-                f"alt='{html.escape(self.title, quote=True)}'><figcaption class='caption'>"
+        body = (f"<pre>{html.escape(self.text)}</pre>" if self.text is not None else
+                f"<img{cls} src='{images.data_uri(self.picture)}' alt='{html.escape(self.title, quote=True)}'>")
+        return (f"<h2>{html.escape(self.title)}</h2><figure>{body}<figcaption class='caption'>"
                 f"{html.escape(self.caption)}</figcaption></figure>")
 
 
@@ -154,10 +163,12 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
         def samples() -> list[Figure]:
             reference = test.tensors(2000).x if not spec.is_image else None
             x = model.preview_sample(NUM_SAMPLES, generator=generator)
-            over = "" if spec.is_image else " (blue) over test examples (grey)"
-            return [Figure("Samples", sample_picture(x, spec, reference),
-                           f"{NUM_SAMPLES} samples from the model's preview sampler{over}, seed {seed}",
-                           pixelated=spec.is_image)]
+            caption = f"{NUM_SAMPLES} samples from the model's preview sampler{SAMPLES_SHOWN[spec.kind]}, seed {seed}"
+            text = None
+            if spec.kind == "tokens":  # text reads best as text
+                text = "\n".join(f"{i + 1:>2}  {line}" for i, line in enumerate(decode_tokens(x)))
+            return [Figure("Samples", sample_picture(x, spec, reference), caption, pixelated=spec.is_image,
+                           text=text)]
 
         drawers.append(samples)
     if not spec.is_image:
@@ -217,7 +228,8 @@ def read_cached(run_dir: Path, stamp: dict[str, Any] | None) -> list[Figure] | N
         for entry in stored["figures"]:
             with Image.open(run_dir / FIGURES_DIR / entry["file"]) as im:
                 im.load()
-                figures.append(Figure(entry["title"], im.copy(), entry["caption"], entry["pixelated"]))
+                figures.append(Figure(entry["title"], im.copy(), entry["caption"], entry["pixelated"],
+                                      entry.get("text")))
         return figures
     except (OSError, ValueError, KeyError, TypeError):
         return None  # a damaged cache is drawn again
@@ -235,7 +247,7 @@ def write_cached(run_dir: Path, stamp: dict[str, Any] | None, figures: list[Figu
         name = f"figure_{i:02d}.png"
         figure.picture.save(folder / name)
         entries.append({"file": name, "title": figure.title, "caption": figure.caption,
-                        "pixelated": figure.pixelated})
+                        "pixelated": figure.pixelated, "text": figure.text})
     (folder / FIGURES_INDEX).write_text(json.dumps({"stamp": stamp, "figures": entries}, indent=2))
 
 
