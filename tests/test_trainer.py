@@ -43,7 +43,7 @@ class MeanGame(GenerativeModel):
 
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         self.calls.append((phase, self.mu.item(), self.w.item()))
-        fake = self.draw(len(batch.x))  # differentiable in mu (sample() is not: it runs without autograd)
+        fake = self.draw(len(batch.x), progress.generator)  # differentiable in mu (sample() is not: it runs without autograd)
         gap = batch.x.mean(0) - fake.mean(0)
         value = (self.w * gap).sum() - 0.5 * self.w.pow(2).sum()
         return Loss(-value if phase == "critic" else value, {"gap": gap.abs().sum()})
@@ -130,6 +130,60 @@ def test_interrupted_run_resumes_on_the_same_loss_curve(tmp_path):
     wb = ckpt.load_tensors(tmp_path / "cut" / ckpt.EMA_WEIGHTS)
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
+
+
+NOISY_MODELS = {  # a model per source of training noise: the run's generator must feed them all
+    "vae": (lambda: image_dataset(n=96, representation="binary-dynamic"), dict(latent_dim=4, hidden=(16,))),
+    "vae-iwae": (lambda: image_dataset(n=96, representation="binary-dynamic"), dict(latent_dim=4, hidden=(16,), iwae_k=3)),
+    "acgan": (lambda: image_dataset(n=96, representation="signed", labels=True), dict(hidden=(16,))),
+    "ali": (lambda: vector_dataset(n=96), dict(hidden=(16,), gradient_penalty=1.0)),
+    "infogan": (lambda: vector_dataset(n=96), dict(hidden=(16,))),
+    "ddpm": (lambda: image_dataset(n=96, representation="signed", labels=True),
+             dict(timesteps=10, channel_mults=(1, 2), width=8, conditional=True)),
+}
+
+
+def noisy_run(name: str, run_dir, disturb: bool) -> list[dict[str, float]]:
+    from dgm.models import create
+
+    make_data, settings = NOISY_MODELS[name]
+    data = make_data()
+    torch.manual_seed(0)  # the initial weights
+    model = create(name.split("-")[0], data.spec, **settings)
+    if disturb:  # whatever else draws from torch's global RNG between steps leaves training alone
+        original = model.loss
+
+        def loss(*args, **kwargs):
+            torch.rand(1000)
+            out = original(*args, **kwargs)
+            torch.manual_seed(123 + len(out.metrics))
+            return out
+
+        model.loss = loss
+    config = TrainConfig(epochs=2, batch_size=32, progress=False, log_every=1, device="cpu", sample_every=0,
+                         ema=0, seed=7)
+    Trainer(model, data, config, run_dir=run_dir).fit()
+    return read_csv(run_dir / "metrics.csv")
+
+
+@pytest.mark.parametrize("name", list(NOISY_MODELS))
+def test_training_noise_comes_from_the_run_not_the_global_rng(tmp_path, name):
+    first = noisy_run(name, tmp_path / "a", disturb=False)
+    assert noisy_run(name, tmp_path / "b", disturb=False) == first  # the same seed, the same curve
+    assert noisy_run(name, tmp_path / "c", disturb=True) == first
+
+
+def test_a_checkpoint_without_the_noise_generator_still_resumes(tmp_path, capsys):
+    trainer = vae_trainer(tmp_path, epochs=1)
+    trainer.fit()
+    tensors = ckpt.load_tensors(tmp_path / ckpt.TRAINER_TENSORS)
+    assert "rng/noise" in tensors
+    del tensors["rng/noise"]  # as written before the run owned its noise generator
+    ckpt.save_tensors(tensors, tmp_path / ckpt.TRAINER_TENSORS)
+    resumed = vae_trainer(tmp_path, epochs=2)
+    resumed.fit(resume=True)
+    assert "predates per-run noise generators" in capsys.readouterr().err
+    assert resumed.position.epoch == 2 and [r["step"] for r in read_csv(tmp_path / "metrics.csv")][-1] == 12
 
 
 @pytest.mark.parametrize("caught_by", ["log row", "checkpoint", "error"])

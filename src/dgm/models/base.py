@@ -122,6 +122,34 @@ class Progress:
     stage: str = "model"  # the stage being trained (see GenerativeModel.stages)
     stage_step: int = 0  # optimiser rounds completed in this stage
     stage_steps: int = 1  # rounds in this stage
+    # the run's source of training noise, on the model's device (the trainer's, saved in its
+    # checkpoints); ``None``: torch's global RNG. Every draw in ``loss`` takes it (see :func:`randn`)
+    generator: torch.Generator | None = None
+
+
+def _noise_device(like: Tensor, generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else like.device
+
+
+def randn(shape: tuple[int, ...] | torch.Size, *, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise of ``shape`` with ``like``'s dtype and device, drawn from ``generator``
+    (``None``: torch's global RNG): ``torch.randn_like`` with a generator. Drawn on the generator's
+    device and moved, so a CPU generator also serves a model on a GPU."""
+    device = _noise_device(like, generator)
+    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def rand(shape: tuple[int, ...] | torch.Size, *, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """U[0, 1) noise of ``shape`` with ``like``'s dtype and device, drawn from ``generator``."""
+    device = _noise_device(like, generator)
+    return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def randint(high: int, shape: tuple[int, ...] | torch.Size, *, like: Tensor,
+            generator: torch.Generator | None) -> Tensor:
+    """Integers uniform in [0, high), int64, on ``like``'s device, drawn from ``generator``."""
+    device = _noise_device(like, generator)
+    return torch.randint(high, tuple(shape), generator=generator, device=device).to(like.device)
 
 
 @dataclass

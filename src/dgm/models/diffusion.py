@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, register
+from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, rand, randint, randn, register
 from dgm.models.refusals import refuse_partial_labels, refuse_variable_length
 from dgm.models import samplers
 from dgm.nn.distributions import normal_kl, normal_log_prob
@@ -376,14 +376,14 @@ class DDPM(GenerativeModel):
         return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
 
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
-        c, x0 = self.config, batch.x
+        c, x0, g = self.config, batch.x, progress.generator
         y = None
         if c.conditional:  # drop labels to the null class so one network is both models (CFG)
             refuse_partial_labels(self.name, batch, "with conditional=true")
-            drop = torch.rand(len(x0), device=x0.device) < c.class_dropout
+            drop = rand((len(x0),), like=x0, generator=g) < c.class_dropout
             y = torch.where(drop, torch.full_like(batch.y, self.null_class), batch.y)
-        t = torch.randint(0, self.process.num_timesteps, (len(x0),), device=x0.device)
-        noise = torch.randn_like(x0)
+        t = randint(self.process.num_timesteps, (len(x0),), like=x0, generator=g)
+        noise = randn(x0.shape, like=x0, generator=g)
         xt = self.process.q_sample(x0, t, noise)
         output = self.denoise(xt, t, y)
         mean_head, variance_head = self.process.split_output(output)

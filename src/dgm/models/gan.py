@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Phase, Progress, register
+from dgm.models.base import GenerativeModel, Loss, Phase, Progress, randn, register
 from dgm.models.refusals import refuse_partial_labels, refuse_variable_length
 from dgm.nn import MLP
 from dgm.nn.distributions import normal_log_prob
@@ -279,8 +279,8 @@ class GAN(GenerativeModel):
             return x
         return torch.tanh(x) if representation == "signed" else torch.sigmoid(x)
 
-    def real_inputs(self, batch: Batch) -> tuple[Tensor, ...]:
-        """What the critic sees of a real example (BiGAN: the pair (x, E(x)))."""
+    def real_inputs(self, batch: Batch, *, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+        """What the critic sees of a real example (BiGAN: the pair (x, E(x)), ALI's noise from ``generator``)."""
         return (batch.x.float(),)
 
     def fake_inputs(self, draw: Draw) -> tuple[Tensor, ...]:
@@ -323,18 +323,19 @@ class GAN(GenerativeModel):
             raise DgmError(f"model.pack={self.config.pack} needs a batch size divisible by it, got {len(batch.x)}")
         if self.num_classes:  # the critic (and the class head) read every real example's label
             refuse_partial_labels(self.name, batch, f"with conditional={self.config.conditional}")
-        draw = self.draw(len(batch.x))
+        g = progress.generator  # every draw below: z, codes, fake labels, encoder noise, interpolation
+        draw = self.draw(len(batch.x), generator=g)
         if phase == CRITIC:
-            return self.critic_objective(batch, draw)
+            return self.critic_objective(batch, draw, generator=g)
         if phase == GENERATOR:
-            return self.generator_objective(batch, draw)
+            return self.generator_objective(batch, draw, generator=g)
         raise ValueError(f"unknown phase {phase!r}")
 
-    def critic_objective(self, batch: Batch, draw: Draw) -> Loss:
+    def critic_objective(self, batch: Batch, draw: Draw, *, generator: torch.Generator | None = None) -> Loss:
         c = self.config
         with torch.no_grad():  # the critic's step moves the critic alone
             fake = self.fake_inputs(draw)
-            real = self.real_inputs(batch)
+            real = self.real_inputs(batch, generator=generator)
         if c.r1 > 0:  # R1 differentiates the real scores with respect to their inputs
             real = tuple(r.detach().requires_grad_(True) for r in real)
         real_score, real_h = self.critic(real, batch.y)
@@ -342,7 +343,7 @@ class GAN(GenerativeModel):
         loss = critic_loss(c.loss, real_score, fake_score)
         metrics = {"real_score": real_score.mean(), "fake_score": fake_score.mean(), "value": -loss.detach()}
         if c.gradient_penalty > 0:
-            penalty = gradient_penalty(lambda *inputs: self.critic(inputs, batch.y)[0], real, fake)
+            penalty = gradient_penalty(lambda *inputs: self.critic(inputs, batch.y)[0], real, fake, generator)
             loss = loss + c.gradient_penalty * penalty
             metrics["gradient_penalty"] = penalty
         if c.r1 > 0:
@@ -352,7 +353,7 @@ class GAN(GenerativeModel):
         aux, aux_metrics = self.auxiliary_loss(CRITIC, batch, draw, real_h, fake_h)
         return Loss(loss + aux, {**metrics, **aux_metrics})
 
-    def generator_objective(self, batch: Batch, draw: Draw) -> Loss:
+    def generator_objective(self, batch: Batch, draw: Draw, *, generator: torch.Generator | None = None) -> Loss:
         fake_score, fake_h = self.critic(self.fake_inputs(draw), draw.y)
         loss = generator_loss(self.config.loss, fake_score)
         aux, aux_metrics = self.auxiliary_loss(GENERATOR, batch, draw, None, fake_h)
@@ -598,21 +599,21 @@ class BiGAN(GAN):
         m = self.config.pack
         return self.critic_body(pack(x, m), pack(z, m))
 
-    def encoder_output(self, x: Tensor, *, sample: bool) -> Tensor:
+    def encoder_output(self, x: Tensor, *, sample: bool, generator: torch.Generator | None = None) -> Tensor:
         h = self.encoder(x.float())
         if self.config.encoder == "deterministic":
             return h
         mu, log_std = h.chunk(2, dim=-1)
-        return mu + log_std.clamp(-10, 5).exp() * torch.randn_like(mu) if sample else mu
+        return mu + log_std.clamp(-10, 5).exp() * randn(mu.shape, like=mu, generator=generator) if sample else mu
 
-    def real_inputs(self, batch: Batch) -> tuple[Tensor, ...]:
-        return (batch.x.float(), self.encoder_output(batch.x, sample=True))
+    def real_inputs(self, batch: Batch, *, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
+        return (batch.x.float(), self.encoder_output(batch.x, sample=True, generator=generator))
 
     def fake_inputs(self, draw: Draw) -> tuple[Tensor, ...]:
         return (self.generate(draw), draw.z)
 
-    def generator_objective(self, batch: Batch, draw: Draw) -> Loss:
-        real_score, _ = self.critic(self.real_inputs(batch), batch.y)
+    def generator_objective(self, batch: Batch, draw: Draw, *, generator: torch.Generator | None = None) -> Loss:
+        real_score, _ = self.critic(self.real_inputs(batch, generator=generator), batch.y)
         fake_score, _ = self.critic(self.fake_inputs(draw), draw.y)
         kind = self.config.loss
         # minimax: the players' objectives are exactly opposed; otherwise swap the labels

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Progress, register
+from dgm.models.base import GenerativeModel, Loss, Progress, randn, register
 from dgm.models.refusals import refuse_variable_length
 from dgm.settings import NonNegativeFloat, NonNegativeInt, PositiveInt
 from dgm.nn import LIKELIHOODS, MLP, ConvDecoder, ConvEncoder, make_likelihood
@@ -130,7 +130,7 @@ class VAE(GenerativeModel):
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = randn(mu.shape, like=mu, generator=generator)
         return mu + eps * (0.5 * logvar).exp()
 
     @staticmethod
@@ -142,10 +142,10 @@ class VAE(GenerativeModel):
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         c = self.config
         if c.iwae_k > 1:
-            bound = self.iwae_bound(batch.x, c.iwae_k, chunk=c.iwae_k)
+            bound = self.iwae_bound(batch.x, c.iwae_k, chunk=c.iwae_k, generator=progress.generator)
             return Loss(-bound.mean(), {"iwae": bound.mean()})
         mu, logvar = self.posterior(batch.x)
-        z = self.reparameterize(mu, logvar)
+        z = self.reparameterize(mu, logvar, progress.generator)
         rec = self.log_likelihood(batch.x, z)  # (B,)
         kl = self.analytic_kl(mu, logvar)  # (B, latent_dim)
         kl_counted = kl.mean(0)  # (latent_dim,) the batch-averaged KL of each dimension
@@ -165,11 +165,11 @@ class VAE(GenerativeModel):
         z = self.reparameterize(mu, logvar)
         return self.log_likelihood(x, z) - self.analytic_kl(mu, logvar).sum(-1)
 
-    def log_weights(self, x: Tensor, k: int) -> Tensor:
+    def log_weights(self, x: Tensor, k: int, *, generator: torch.Generator | None = None) -> Tensor:
         """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for z_i ~ q(z|x), ``(k, B)``."""
         mu, logvar = self.posterior(x)
         B, d = mu.shape
-        eps = torch.randn(k, B, d, device=mu.device, dtype=mu.dtype)
+        eps = randn((k, B, d), like=mu, generator=generator)
         z = mu + eps * (0.5 * logvar).exp()  # (k, B, d)
         log_q = normal_log_prob(z, mu, logvar).sum(-1)  # (k, B)
         log_prior = normal_log_prob(z).sum(-1)  # (k, B)
@@ -177,10 +177,10 @@ class VAE(GenerativeModel):
         log_px = self.log_likelihood(x_rep, z.reshape(k * B, d)).view(k, B)
         return log_px + log_prior - log_q
 
-    def iwae_bound(self, x: Tensor, k: int, *, chunk: int = 500) -> Tensor:
+    def iwae_bound(self, x: Tensor, k: int, *, chunk: int = 500, generator: torch.Generator | None = None) -> Tensor:
         """L_k = log 1/k sum_i w_i (Burda et al. 2016, eq. 8), in nats, ``(B,)``; the k samples are
-        drawn ``chunk`` at a time and combined with logsumexp, so k = 5000 fits in memory."""
-        parts = [self.log_weights(x, min(chunk, k - i)) for i in range(0, k, chunk)]
+        drawn ``chunk`` at a time (from ``generator``) and combined with logsumexp, so k = 5000 fits in memory."""
+        parts = [self.log_weights(x, min(chunk, k - i), generator=generator) for i in range(0, k, chunk)]
         return torch.cat(parts).logsumexp(0) - math.log(k)
 
     def kl_per_dim(self, x: Tensor) -> Tensor:

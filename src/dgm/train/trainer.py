@@ -47,6 +47,9 @@ from dgm.train import checkpoint as ckpt
 from dgm.settings import Decay, check, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from dgm.train.ema import EMA
 
+#: the training noise generator is seeded with ``train.seed`` plus this, so that its stream differs
+#: from the data order's (seeded with ``train.seed``)
+NOISE_SEED_OFFSET = 0x5EED
 
 @dataclass
 class TrainConfig:
@@ -142,7 +145,6 @@ class Trainer:
                  f"{self.config.batch_size}: training on batches of {len(self.data)}")
             self.config = replace(self.config, batch_size=len(self.data))
         config = self.config
-        torch.manual_seed(config.seed)  # noise the model draws in training comes from here
         self.stages: list[Stage] = model.stages()
         self.phases: list[Phase] = [p for s in self.stages for p in s.phases]  # of every stage
         self._stage_of = {p.name: s for s in self.stages for p in s.phases}
@@ -156,6 +158,9 @@ class Trainer:
         self._enter_stage(0)
         self.ema = EMA(model, config.ema) if config.ema else None
         self.data_rng = torch.Generator(device="cpu").manual_seed(config.seed)
+        # the noise the model draws in ``loss`` (Progress.generator), on its device: the run owns it,
+        # so nothing else that touches torch's global RNG (a callback, a metric) changes the curve
+        self.noise_rng = torch.Generator(device=self.device).manual_seed(config.seed + NOISE_SEED_OFFSET)
         self.position = _Position()
         # the current log interval, kept on the device: sums of each logged value, (), float32
         self._log_sums: dict[str, Tensor] = {}
@@ -337,7 +342,8 @@ class Trainer:
                         with autocast:
                             out = self.model.loss(batch, phase.name, Progress(
                                 pos.step, pos.epoch, self.total_steps, self.stage.name,
-                                pos.step - first * self.steps_per_epoch, epochs * self.steps_per_epoch))
+                                pos.step - first * self.steps_per_epoch, epochs * self.steps_per_epoch,
+                                self.noise_rng))
                         self._step(phase, out.loss)
                     except Exception:
                         self._check_finite()  # an error on weights an unchecked NaN step spoiled is that NaN
@@ -527,14 +533,12 @@ class Trainer:
     @torch.inference_mode()
     def evaluation_samples(self, n: int, *, seed: int, progress: bool = False) -> Tensor:
         """``n`` samples drawn with ``seed`` from the weights used for sampling (EMA when kept), in
-        eval mode, leaving the training noise stream as it was (for sample grids and monitors)."""
+        eval mode, from their own generator: the training noise (:attr:`noise_rng`) is left as it was."""
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        rng = torch.get_rng_state()
         with self.evaluation_weights() as model:
             model.eval()
             x = model.preview_sample(n, generator=generator, progress=progress)
             model.train()
-        torch.set_rng_state(rng)
         return x
 
     def evaluation_weights(self):  # noqa: ANN201
@@ -550,9 +554,11 @@ class Trainer:
         self._check_finite()  # never a checkpoint after a NaN step: the last good one stays
         self.run_dir.mkdir(parents=True, exist_ok=True)
         pos = self.position
-        tensors: dict[str, Tensor] = {"rng/torch": torch.get_rng_state(),
-                                      "rng/data": self.data_rng.get_state()}
-        if self.device.type == "cuda":  # the model's noise on a GPU comes from the device's generator
+        tensors: dict[str, Tensor] = {"rng/noise": self.noise_rng.get_state(),
+                                      "rng/data": self.data_rng.get_state(),
+                                      # torch's global RNG serves only modules that take no generator (nn.Dropout)
+                                      "rng/torch": torch.get_rng_state()}
+        if self.device.type == "cuda":  # dropout on a GPU draws from the device's global generator
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         if pos.data_rng is not None:
             tensors["rng/data_epoch_start"] = pos.data_rng
@@ -598,6 +604,13 @@ class Trainer:
         if self.device.type == "cuda" and "rng/cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
         self.data_rng.set_state(tensors["rng/data"])
+        if "rng/noise" in tensors:
+            self.noise_rng.set_state(tensors["rng/noise"])
+        else:  # written before the run owned its noise generator (it drew from the global RNG):
+            # go on from a freshly seeded one; the curve then differs from an uninterrupted run in its noise alone
+            self.noise_rng.manual_seed(self.config.seed + NOISE_SEED_OFFSET)
+            note(f"the checkpoint in {self.run_dir} predates per-run noise generators: the training noise "
+                 f"restarts from train.seed, so the curve differs from an uninterrupted run in its noise")
         pos = self.position
         pos.epoch, pos.batch, pos.step = state["epoch"], state["batch"], state["step"]
         pos.data_rng = tensors.get("rng/data_epoch_start")
