@@ -141,6 +141,7 @@ def test_a_family_and_an_app_defined_outside_src_work_through_the_cli_and_the_re
     # ... and in the report
     html = (run_dir / "report.html").read_text()
     assert "<h2>Shrunk towards the mean</h2>" in html and "halfway to the model&#x27;s mean image" in html
+    assert "Apps: dgm test-shrink." in html  # the report lists what the run's model can be used for
     assert json.loads((run_dir / "config.json").read_text())["model"] == "test-toy"
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from dgm.apps import apps_for
 from dgm.data.core import Dataset, to_unit
 from dgm.models.base import GenerativeModel, capabilities
 from dgm.data.pictures import decode_tokens, sample_picture
@@ -186,8 +187,6 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
         drawers.append(lambda: [Figure("Latent interpolation", grid(interpolation(model, x), 10),
                                        "each row decodes a straight line between the codes of two test examples",
                                        pixelated=True)])
-    from dgm.apps import apps_for
-
     for app in apps_for(model):  # each use of the model draws its own figures
         def app_figures(app=app) -> list[Figure]:  # noqa: ANN001
             with torch.inference_mode():
@@ -278,7 +277,8 @@ def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, 
     spec = model.spec
     parts = [f"<h1>{html.escape(model.name)} on {html.escape(spec.name)}</h1>",
              f"<p>{html.escape(type(model).description)}. Run directory: <code>{html.escape(str(run_dir))}</code>. "
-             f"Capabilities: {html.escape(', '.join(sorted(have)))}.</p>"]
+             f"Capabilities: {html.escape(', '.join(sorted(have)))}. "
+             f"Apps: {html.escape(', '.join(f'dgm {app.name}' for app in apps_for(model)) or 'none')}.</p>"]
     if results:
         rows = [[r["metric"], f"{r['value']:.4f}", r["unit"], r["qualifier"], r["split"]] for r in results]
         parts += ["<h2>Metrics</h2>", _table(rows, ["metric", "value", "unit", "qualifier", "split"], {1})]
