@@ -20,16 +20,20 @@ from dgm.eval.fidelity import ArrayLike, as_features, squared_distances
 #: quantiles of the nearest-neighbour distances that :func:`memorization_summary` reports
 QUANTILES = (0.01, 0.05, 0.25, 0.5)
 
+#: bytes of one batch's distance matrix: the search holds a few such float64 matrices at a time
+#: (4096 queries against 60k training images were ~2 GB each, 12 GB at the peak of a README evaluation)
+DISTANCE_BATCH_BYTES = 256 * 2**20
 
-def nearest_neighbours(queries: ArrayLike, reference: ArrayLike, *, batch_size: int = 4096,
+
+def nearest_neighbours(queries: ArrayLike, reference: ArrayLike, *, batch_size: int | None = None,
                        progress: bool = False, desc: str = "nearest neighbours") -> tuple[Tensor, Tensor]:
     """For each row of ``queries (N, F)``, the Euclidean distance to its nearest row of
     ``reference (M, F)`` and that row's index: ``(distance (N,) float64, index (N,) int64)``.
 
-    Exhaustive search in float64, ``batch_size`` queries at a time (memory ``batch_size x M x 8``
-    bytes); both sets are centred on the reference mean first, so the matrix-product expansion of
-    the distances does not lose precision far from the origin. ``progress`` shows a bar over the
-    batches.
+    Exhaustive search in float64, ``batch_size`` queries at a time (default: as many as keep one
+    ``batch_size x M`` float64 matrix within :data:`DISTANCE_BATCH_BYTES`); both sets are centred on
+    the reference mean first, so the matrix-product expansion of the distances does not lose
+    precision far from the origin. ``progress`` shows a bar over the batches.
     """
     from dgm.eval.core import progress_bar
 
@@ -40,6 +44,7 @@ def nearest_neighbours(queries: ArrayLike, reference: ArrayLike, *, batch_size: 
     if len(ref) == 0:
         raise DgmError("the reference set is empty: nearest neighbours need at least one reference example")
     centre = ref.mean(0)
+    batch_size = batch_size or max(1, DISTANCE_BATCH_BYTES // (8 * len(ref)))
     dists, index = [], []
     starts = range(0, len(q), batch_size)
     for start in progress_bar(starts, enabled=progress, total=len(starts), desc=desc):
