@@ -20,6 +20,8 @@ TINY = {
     "pacgan": {**GAN_TINY, "pack": 2},  # the tests' batches (16, 4) are multiples of 2
     "infogan": {**GAN_TINY, "categorical_codes": 3, "continuous_codes": 2},
     "ddpm": {"timesteps": 10, "width": 8, "channel_mults": (1, 2), "sample_steps": 4},
+    "nade": {"hidden": 8},
+    "made": {"hidden": (16, 16), "num_masks": 2, "order_agnostic": True},
 }
 MODEL_NAMES = sorted(n for n in MODELS if not n.startswith("test-"))
 
