@@ -160,8 +160,9 @@ def cmd_app(app, args: argparse.Namespace) -> int:  # noqa: ANN001 (a dgm.apps.A
 
 
 def run_model_class(argv: Sequence[str], command: str):  # noqa: ANN201
-    """The model class of the run that ``argv`` names after ``command`` (its first positional), so
-    that command's flags are the model's own; ``None`` when there is none (the command then says why)."""
+    """The model class of the run that ``argv`` names after ``command`` (the first word there that is
+    a run folder: flag values come before it in ``dgm sample -n 16 RUN``), so that command's flags
+    are the model's own; ``None`` when there is none (the command then says why)."""
     import json
 
     from dgm.models.base import model_class
@@ -169,13 +170,15 @@ def run_model_class(argv: Sequence[str], command: str):  # noqa: ANN201
     args = list(argv)
     if command not in args:
         return None
-    rest = args[args.index(command) + 1:]
-    run = next((a for a in rest if not a.startswith("-")), None)
-    try:
-        config = json.loads((Path(run) / "config.json").read_text()) if run else None
-        return model_class(config["model"]) if isinstance(config, dict) else None
-    except (OSError, ValueError, KeyError, TypeError, DgmError):
-        return None
+    for word in args[args.index(command) + 1:]:
+        if word.startswith("-") or not (Path(word) / "config.json").is_file():
+            continue
+        try:
+            config = json.loads((Path(word) / "config.json").read_text())
+            return model_class(config["model"]) if isinstance(config, dict) else None
+        except (OSError, ValueError, KeyError, TypeError, DgmError):
+            return None
+    return None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
