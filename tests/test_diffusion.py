@@ -502,3 +502,24 @@ def test_vectors_use_the_mlp_denoiser_and_a_density_bound():
     with torch.no_grad():
         assert model.sample(7, generator=torch.Generator().manual_seed(0)).shape == (7, 2)
         assert torch.isfinite(model.elbo(data.tensors(5).x)).all()
+
+
+def test_an_8x8_run_of_dgm_0_1_still_loads_its_two_level_unet(tmp_path):
+    """dgm 0.1 stored channel_mults (1, 2, 2) for 8x8 digits and used two levels; 0.2 reads such a
+    run as it was trained (DDPM.migrate_config), and builds three levels for a 0.2 config."""
+    import json
+
+    import dgm
+    from dgm.cli import main
+
+    run_dir = tmp_path / "old"
+    assert main(["train", "ddpm", "--data", "digits", "--epochs", "1", "--out", str(run_dir), "--quiet",
+                 "--set", "train.max_steps_per_epoch=1", "--set", "model.timesteps=10", "--set", "model.width=8",
+                 "--set", "model.channel_mults=1,2", "--set", "train.sample_every=0"]) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    config["model_config"]["channel_mults"] = [1, 2, 2]
+    (run_dir / "config.json").write_text(json.dumps({**config, "dgm_version": "0.1.0"}))
+    assert dgm.load(run_dir).config.channel_mults == (1, 2)
+    (run_dir / "config.json").write_text(json.dumps({**config, "dgm_version": "0.2.0"}))
+    with pytest.raises(DgmError, match="do not fit the model"):
+        dgm.load(run_dir)

@@ -7,7 +7,7 @@ Example:
     >>> test = dgm.run.load_data(config, "test")
     >>> print(dgm.results_table(dgm.evaluate(model, test, ["nll"], k=1000)))
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from dgm import data  # noqa: E402
 from dgm.errors import DgmError  # noqa: E402

@@ -220,7 +220,11 @@ def read_config(run_dir: str | Path) -> tuple[RunConfig, DataSpec]:
         spec = DataSpec.from_json(raw["spec"])
     except TypeError as e:
         raise DgmError(f"{run_dir / ckpt.CONFIG} has a damaged data spec ({e})") from None
-    return RunConfig.from_json(raw), spec
+    config = RunConfig.from_json(raw)
+    # a run written by an older dgm: its model reads the old settings as this version means them
+    config.model_config = model_class(config.model).migrate_config(
+        config.model_config, spec, str(raw.get("dgm_version", __version__)))
+    return config, spec
 
 
 def load(run_dir: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> GenerativeModel:

@@ -189,6 +189,12 @@ class GenerativeModel(nn.Module):
             if method is not None and not getattr(method, "_inference", False):
                 setattr(cls, name, inference(method))
 
+    @classmethod
+    def migrate_config(cls, values: dict[str, Any], spec: DataSpec, version: str) -> dict[str, Any]:
+        """The config ``values`` of a run written by dgm ``version``, as this version reads them, so
+        an old run still builds the network its weights belong to; unchanged by default."""
+        return values
+
     # -- data representation the model wants, decided before the model exists ----------------------
     @classmethod
     def default_representation(cls, config: Any, spec: DataSpec) -> str:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -351,6 +351,16 @@ class DDPM(GenerativeModel):
         else:
             out_features = self.process.output_channels(spec.shape[0]) * math.prod(spec.shape[1:])
             self.network = FlatDenoiser(spec.shape, out_features, c.hidden, classes)
+
+    @classmethod
+    def migrate_config(cls, values: dict[str, Any], spec: DataSpec, version: str) -> dict[str, Any]:
+        """dgm 0.1 stored channel_mults (1, 2, 2) for every image size and used only the first two
+        levels on sides below 16; 0.2 honours or refuses the levels it is given. An 8x8 run of 0.1
+        keeps the two levels its weights have."""
+        mults = values.get("channel_mults")
+        if version.startswith("0.1.") and mults and min(spec.shape[1:]) < 16 and len(mults) > 2:
+            return {**values, "channel_mults": list(mults[:2])}
+        return values
 
     @classmethod
     def default_representation(cls, config: DDPMConfig, spec: DataSpec) -> str:
