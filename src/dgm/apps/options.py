@@ -4,31 +4,28 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from dgm.errors import DgmError
+from dgm.settings import NonNegativeFloat, NonNegativeInt, PositiveInt, coerce, type_hints
 
 
-def _number(kind: type, low: float, *, strict: bool = False):  # noqa: ANN202
-    """An argparse type: a ``kind`` number ``>= low`` (``> low`` when ``strict``), with a one-line error."""
-    bound = f"{'>' if strict else '>='} {low}"
-
+def argument_type(hint: Any, name: str = "value"):  # noqa: ANN201
+    """An argparse type for a value of the setting type ``hint`` (``PositiveInt``, an option field's
+    annotation, ...): converted and range-checked by :func:`dgm.settings.coerce`, the one place for
+    those rules, with its message as argparse's one-line error."""
     def parse(text: str):  # noqa: ANN202
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'} {bound}, "
-                                             f"got {text!r}") from None
-        if not (value > low if strict else value >= low) or value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
-        return value
+            return coerce(text, hint, name)
+        except DgmError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{name} ")) from None
 
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
 
 
-POSITIVE = _number(int, 1)
-NON_NEGATIVE = _number(int, 0)
-NON_NEGATIVE_FLOAT = _number(float, 0.0)
+POSITIVE = argument_type(PositiveInt)
+NON_NEGATIVE = argument_type(NonNegativeInt)
+NON_NEGATIVE_FLOAT = argument_type(NonNegativeFloat)
 
 
 def output_path(path: str) -> Path:
@@ -52,8 +49,6 @@ def add_sampler_flags(p: argparse.ArgumentParser, cls, method: str = "sample") -
     any setting; only the options ``cls.<method>`` takes."""
     import inspect
 
-    from dgm.settings import coerce, type_hints
-
     if cls is None or not cls.samplers:
         return
     accepted = inspect.signature(getattr(cls, method)).parameters
@@ -69,15 +64,9 @@ def add_sampler_flags(p: argparse.ArgumentParser, cls, method: str = "sample") -
                 continue
             seen.add(f.name)
             flag = "--" + f.name.replace("_", "-")
-
-            def parse(text: str, hint=hints[f.name], flag=flag):  # noqa: ANN001, ANN202
-                try:
-                    return coerce(text, hint, flag)
-                except DgmError as e:
-                    raise argparse.ArgumentTypeError(str(e).removeprefix(f"{flag} ")) from None
-
             takes = [s.name for s in cls.samplers if f.name in {g.name for g in s.option_fields()}]
-            p.add_argument(flag, type=parse, help=f"{f.metadata.get('help', '')} ({', '.join(takes)})")
+            p.add_argument(flag, type=argument_type(hints[f.name], flag),
+                           help=f"{f.metadata.get('help', '')} ({', '.join(takes)})")
 
 
 def sampler_options(model, args: argparse.Namespace, method=None) -> dict:  # noqa: ANN001
