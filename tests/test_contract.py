@@ -22,6 +22,11 @@ TINY = {
     "ddpm": {"timesteps": 10, "width": 8, "channel_mults": (1, 2), "sample_steps": 4},
     "nade": {"hidden": 8},
     "made": {"hidden": (16, 16), "num_masks": 2, "order_agnostic": True},
+    "pixelcnn": {"width": 4, "layers": 1},
+    "gated-pixelcnn": {"width": 4, "layers": 2, "kernel_size": 3, "conditional": True, "noise_levels": 2},
+    "pixelrnn": {"width": 4, "layers": 1},
+    "image-transformer": {"width": 8, "depth": 1, "heads": 2},
+    "dct-transformer": {"width": 8, "depth": 1, "heads": 2, "quality": 0, "max_length": 64, "conditional": True},
 }
 MODEL_NAMES = sorted(n for n in MODELS if not n.startswith("test-"))
 

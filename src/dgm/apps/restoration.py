@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from dgm.data.core import DataSpec
+from dgm.data.core import BINARY_REPRESENTATIONS, DataSpec
 from dgm.errors import DgmError
 from dgm.apps import App, register_app
 from dgm.apps.options import POSITIVE, add_sampler_flags, output_path, sampler_options
@@ -52,12 +52,16 @@ def has_colour(im: Image.Image) -> bool:
 
 
 def to_model_values(im: Image.Image, channels: int, spec: DataSpec) -> Tensor:
-    """The 8-bit picture as ``(1, channels, H, W)`` values in the model's representation ([-1, 1] on
-    the model's grid of ``spec.levels`` levels)."""
+    """The 8-bit picture as ``(1, channels, H, W)`` values in the model's representation, on the
+    model's grid of ``spec.levels`` levels (binarized models: the nearest of 0 and 1)."""
+    from dgm.nn.likelihoods import from_levels
+
     a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float64) / 255.0
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    levels = np.rint(a * (spec.levels - 1))  # the nearest of the model's levels
-    return torch.from_numpy(2 * levels / (spec.levels - 1) - 1).float()[None]
+    if spec.representation in BINARY_REPRESENTATIONS:
+        return torch.from_numpy(np.rint(a)).float()[None]
+    levels = torch.from_numpy(np.rint(a * (spec.levels - 1))).long()[None]  # the nearest of the model's levels
+    return from_levels(levels, spec) if spec.representation == "levels" else from_levels(levels.double(), spec).float()
 
 
 def picture_of(task: str, image: Tensor) -> Image.Image:
@@ -80,10 +84,22 @@ def centre_mask(height: int, width: int) -> Tensor:
     return keep
 
 
+def bottom_mask(height: int, width: int) -> Tensor:
+    """``(1, 1, H, W)``, true on the top half (kept), false on the bottom half (generated): the
+    completion an autoregressive model does exactly, since the known pixels all come first."""
+    keep = torch.zeros(1, 1, height, width, dtype=torch.bool)
+    keep[..., :height // 2, :] = True
+    return keep
+
+
+#: the masks named on the command line instead of a picture (``--mask NAME``)
+NAMED_MASKS = {"centre": centre_mask, "bottom": bottom_mask}
+
+
 def known_view(task: str, spec: DataSpec, input_path: str | Path | Image.Image, mask_path: str | Path | None = None,
                *, copies: int = 1) -> KnownView:
     """The known view for ``task`` from the user's files (or a picture), repeated ``copies`` times
-    (candidates); ``mask_path="centre"`` generates the central square."""
+    (candidates); ``mask_path="centre"`` generates the central square, ``"bottom"`` the bottom half."""
     if task not in TASKS:
         raise DgmError(f"unknown restoration task {task!r}: use one of {', '.join(TASKS)}")
     if not spec.is_image or spec.levels is None:
@@ -116,9 +132,10 @@ def known_view(task: str, spec: DataSpec, input_path: str | Path | Image.Image, 
                        f"{width}x{height} picture")
     if mask_path is None:
         raise DgmError("inpaint needs --mask: a picture of the image's size, white where pixels are to be "
-                       "generated, or 'centre'")
-    if str(mask_path) == "centre":
-        return Inpaint(x.repeat(copies, 1, 1, 1), centre_mask(height, width).expand(copies, 1, height, width))
+                       "generated, or 'centre' or 'bottom'")
+    if str(mask_path) in NAMED_MASKS:
+        keep = NAMED_MASKS[str(mask_path)](height, width)
+        return Inpaint(x.repeat(copies, 1, 1, 1), keep.expand(copies, 1, height, width))
     mask_im = read_picture(mask_path)
     if mask_im.size != im.size:
         raise DgmError(f"the mask {mask_path} is {mask_im.width}x{mask_im.height}, the image is {size}: "
@@ -130,11 +147,14 @@ def known_view(task: str, spec: DataSpec, input_path: str | Path | Image.Image, 
 
 
 def examples_of(x: Tensor, spec: DataSpec) -> list[tuple[str, KnownView]]:
-    """Restoration tasks on test images ``x`` for the report: the central square (half the side)
-    to inpaint, a 2x super-resolution, and, for colour images, colorization."""
+    """Restoration tasks on test images ``x`` for the report: the bottom half to complete, the
+    central square (half the side) to inpaint, a 2x super-resolution, and, for colour images,
+    colorization."""
     _, h, w = spec.shape
-    keep = centre_mask(h, w).to(x.device)
-    tasks: list[tuple[str, KnownView]] = [("inpainting (the central square generated)", Inpaint(x, keep.expand(len(x), -1, -1, -1)))]
+    tasks: list[tuple[str, KnownView]] = [
+        (title, Inpaint(x, NAMED_MASKS[name](h, w).to(x.device).expand(len(x), -1, -1, -1)))
+        for name, title in (("bottom", "completion (the top half given)"),
+                            ("centre", "inpainting (the central square generated)"))]
     if h % 2 == 0 and w % 2 == 0:
         tasks.append(("2x super-resolution", SuperResolution(torch.nn.functional.avg_pool2d(x, 2), 2)))
     if spec.shape[0] == 3:
@@ -178,10 +198,9 @@ class Restoration(App):
         parser.add_argument("--input", required=True, help="the picture: the image (inpaint), a low-resolution "
                             "or a grey one; test:K takes test example K of the run's data")
         parser.add_argument("--mask", help="inpaint: a picture of the image's size, white where pixels are to be "
-                            "generated; 'centre' generates the central square")
+                            "generated; 'centre' generates the central square, 'bottom' the bottom half")
         parser.add_argument("-n", type=POSITIVE, default=4, help="restorations to draw")
         parser.add_argument("-o", "--output", default="restored.png", help="a .png row: the input, then the restorations")
-        parser.add_argument("--resample", type=POSITIVE, default=5, help="RePaint resampling: repetitions of each step")
         add_sampler_flags(parser, model_class, "restore")
 
     def run(self, model, args: argparse.Namespace) -> str:  # noqa: ANN001
@@ -202,8 +221,7 @@ class Restoration(App):
             picture = picture_of(args.task, test.raw[int(index)].float() * 255 / (test.spec.levels - 1))
         view = known_view(args.task, model.spec, picture, args.mask, copies=args.n).to(model.device)
         options = sampler_options(model, args, model.restore)
-        restore_to_picture(model, view, out, seed=args.seed, progress=not args.quiet, resample=args.resample,
-                           **options)
+        restore_to_picture(model, view, out, seed=args.seed, progress=not args.quiet, **options)
         return f"{args.task}: the input, then {args.n} restorations -> {out}"
 
     def report_figures(self, model, examples: Tensor, *, generator: torch.Generator | None = None):  # noqa: ANN001, ANN201
@@ -211,6 +229,13 @@ class Restoration(App):
         if spec.levels is None:
             return []
         x = examples[:8]
-        return [(f"Restoration: {title}", torch.cat([shown(view, spec.shape[0]), model.restore(view, generator=generator), x]),
-                 len(x), f"top: what is known of {len(x)} test images; middle: the model's restorations; "
-                 "bottom: the test images") for title, view in examples_of(x, spec)]
+        figures = []
+        for title, view in examples_of(x, spec):
+            try:  # a model restores the views it can (an autoregressive model without noise levels: the top given)
+                restored = model.restore(view, generator=generator)
+            except DgmError:
+                continue
+            figures.append((f"Restoration: {title}", torch.cat([shown(view, spec.shape[0]), restored, x]), len(x),
+                            f"top: what is known of {len(x)} test images; middle: the model's restorations; "
+                            "bottom: the test images"))
+        return figures

@@ -18,7 +18,7 @@ from dgm.models.base import (
     register,
 )
 from dgm.models import diffusion, gan, vae  # noqa: F401  (registers "vae", "gan" and its variants, "ddpm")
-from dgm.models import autoregressive  # noqa: F401  (registers "nade", "made")
+from dgm.models import autoregressive, dct_transformer, pixel  # noqa: F401  (NADE, MADE, the pixel models, the DCT transformer)
 
 __all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "Stage", "capabilities", "capability",
            "create", "model_class", "register"]

@@ -292,6 +292,12 @@ class GenerativeModel(nn.Module):
         ``"density"`` when they are a density over continuous values (dequantized or continuous data)."""
         return "density" if self.spec.representation in ("dequantized", "continuous") else "discrete"
 
+    def withheld_capabilities(self) -> dict[str, str]:
+        """Capabilities the class has but this configuration cannot give, with the reason (e.g. a DCT
+        transformer at a lossy quality has no likelihood of the data); :func:`capabilities` of the
+        instance leaves them out, so evaluation and apps do not ask. None by default."""
+        return {}
+
     # -- conveniences ----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -359,13 +365,16 @@ def capability(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def capabilities(model: GenerativeModel | type[GenerativeModel]) -> set[str]:
     """What a model can do: the protocol's optional methods its class overrides, and the methods
-    it marks with :func:`capability`."""
+    it marks with :func:`capability`; for an instance, less those its configuration withholds
+    (:meth:`GenerativeModel.withheld_capabilities`)."""
     cls = model if isinstance(model, type) else type(model)
     have = {c for c in PROTOCOL_CAPABILITIES if getattr(cls, c) is not getattr(GenerativeModel, c)}
     if {"encode", "decode"} <= have:
         have.add("reconstruct")
     have |= {name for klass in cls.__mro__ for name, value in vars(klass).items()
              if getattr(getattr(value, "__wrapped__", value), "_capability", None) == name}
+    if not isinstance(model, type):  # an instance: less what its configuration withholds
+        have -= set(model.withheld_capabilities())
     return have
 
 

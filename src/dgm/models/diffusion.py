@@ -252,6 +252,8 @@ class AncestralOptions:
 
     guidance: NonNegativeFloat | None = field(default=None, metadata={
         "help": "classifier-free guidance scale s (with --class): eps_u + s (eps_c - eps_u); default model.guidance"})
+    resample: PositiveInt | None = field(default=None, metadata={
+        "help": "restoration: RePaint's repetitions of each step (default 5)"})
 
 
 @dataclass
@@ -508,7 +510,7 @@ class DDPM(GenerativeModel):
 
     def restore(self, known: samplers.KnownView, *, generator: torch.Generator | None = None,
                 sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-                resample: int = 5, progress: bool = False) -> Tensor:
+                resample: int | None = None, progress: bool = False) -> Tensor:
         """Restoration by the unconditional model: the reverse chain with the known view imposed after
         every step and RePaint's ``resample`` repetitions (:func:`dgm.models.samplers.run`). By
         default DDIM with ``sample_steps`` steps and eta = 1 (a respaced ancestral chain: RePaint
@@ -518,7 +520,7 @@ class DDPM(GenerativeModel):
         return samplers.run(self.process, self.guided(None, 1.0), x, sampler or "ddim",
                             steps=steps or min(c.sample_steps, self.process.num_timesteps),
                             eta=1.0 if eta is None else eta,
-                            generator=generator, progress=progress, known=known, resample=resample)
+                            generator=generator, progress=progress, known=known, resample=resample or 5)
 
 
 class FlatDenoiser(nn.Module):

@@ -6,6 +6,9 @@ refuses partly labelled data, whose hidden labels are ``-1`` (:data:`dgm.data.co
 """
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 
@@ -24,3 +27,25 @@ def refuse_partial_labels(model: str, batch: Batch, what: str) -> None:
         raise DgmError(f"model {model!r} {what} needs the label of every training example, but the data is "
                        f"partly labelled (data.labelled): train on fully labelled data (drop data.labelled), "
                        f"or use a semi-supervised model")
+
+
+def class_labels(model: str, condition: Tensor | int | None, n: int, num_classes: int | None,
+                 device: torch.device) -> Tensor | None:
+    """The ``(n,)`` int64 class labels of ``n`` samples from ``condition`` (one label for all, or
+    ``n`` labels), checked against the ``num_classes`` the model was trained with (``None``:
+    unconditional, where a condition is refused); ``None`` when no condition is given."""
+    if condition is None:
+        return None
+    if not num_classes:
+        raise DgmError(f"model {model!r} is unconditional: drop the condition (--class), or train a "
+                       f"class-conditional one with --set model.conditional=true")
+    labels = torch.as_tensor(condition, device=device).long().reshape(-1)
+    if len(labels) == 1:
+        labels = labels.expand(n)
+    if len(labels) != n:
+        raise DgmError(f"give one class label or {n} of them, got {len(labels)}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        bad = sorted({v for v in labels.tolist() if not 0 <= v < num_classes})
+        raise DgmError(f"this model was trained with classes 0..{num_classes - 1}, and class {bad[0]} is not one "
+                       f"of them: use --class in 0..{num_classes - 1}")
+    return labels

@@ -143,12 +143,14 @@ class Likelihood(nn.Module):
         return (first * self.params_per_dim, *rest)
 
     def _split(self, params: Tensor) -> Tensor:
-        """View ``(B, *params_shape)`` as ``(B, C, P, *rest)``: the P parameters of each dim."""
-        if tuple(params.shape[1:]) != self.params_shape:
+        """View ``(B, *params_shape)`` as ``(B, C, P, *rest)``: the P parameters of each dim. The
+        trailing sizes may be those of a crop of the data (an autoregressive sampler asks for the
+        pixels drawn so far, or for one pixel)."""
+        if params.dim() != len(self.params_shape) + 1 or params.shape[1] != self.params_shape[0]:
             raise ValueError(f"{type(self).__name__} expects params of shape (B, {self.params_shape}), "
                              f"got {tuple(params.shape)}")
-        first, *rest = self.spec.shape
-        return params.view(params.shape[0], first, self.params_per_dim, *rest)
+        first = self.spec.shape[0]
+        return params.view(params.shape[0], first, self.params_per_dim, *params.shape[2:])
 
     def log_prob_per_dim(self, params: Tensor, x: Tensor) -> Tensor:
         """``log p(x_d | params_d)`` in nats, ``(B, *spec.shape)``."""
@@ -161,6 +163,16 @@ class Likelihood(nn.Module):
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """A draw ``x ~ p(x | params)``, ``(B, *spec.shape)`` in ``spec.representation``."""
         raise NotImplementedError
+
+    @property
+    def num_outcomes(self) -> int:
+        """How many values a dimension takes (discrete likelihoods): 2 for binary data, ``L`` levels."""
+        raise NotImplementedError(f"the {self.name} likelihood is a density, not a pmf over levels")
+
+    def outcome_log_probs(self, params: Tensor) -> Tensor:
+        """``log P(x_d = k | params_d)`` for every outcome k (the level, or 0/1), ``(B, C, K, *rest)``
+        with ``K = num_outcomes``: the whole pmf of each dimension, e.g. to convolve it with a Gaussian."""
+        raise NotImplementedError(f"the {self.name} likelihood is a density, not a pmf over levels")
 
     def mean(self, params: Tensor) -> Tensor:
         """``E[x | params]``, ``(B, *spec.shape)`` floats in the representation's value range."""
@@ -187,6 +199,12 @@ class Bernoulli(Likelihood):
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(self._split(params).squeeze(2))
+
+    num_outcomes = 2
+
+    def outcome_log_probs(self, params: Tensor) -> Tensor:
+        logits = self._split(params)  # (B, C, 1, *rest)
+        return torch.cat([F.logsigmoid(-logits), F.logsigmoid(logits)], 2)  # (B, C, 2, *rest): x = 0, x = 1
 
 
 class Gaussian(Likelihood):
@@ -254,6 +272,15 @@ class _Discrete(Likelihood):
     def levels(self) -> int:
         return self.spec.levels
 
+    @property
+    def num_outcomes(self) -> int:
+        return self.spec.levels
+
+    def _all_levels(self, like: Tensor) -> Tensor:
+        """The levels 0..L-1 laid along dim 2 of a ``(B, C, ·, *rest)`` tensor like ``like``."""
+        k = torch.arange(self.levels, device=like.device)
+        return k.view(1, 1, self.levels, *[1] * (like.dim() - 3))
+
 
 class DiscretizedLogistic(_Discrete):
     """Discretised logistic (Kingma et al. 2016, IAF, arXiv:1606.04934; Salimans et al. 2017,
@@ -288,6 +315,10 @@ class DiscretizedLogistic(_Discrete):
     def mean(self, params: Tensor) -> Tensor:
         mu, log_s = self.loc_scale(params)
         return from_levels(_logistic_expected_level(mu, log_s, self.levels), self.spec)
+
+    def outcome_log_probs(self, params: Tensor) -> Tensor:
+        mu, log_s = (t.unsqueeze(2) for t in self.loc_scale(params))  # (B, C, 1, *rest)
+        return _logistic_bin_log_prob(self._all_levels(mu), mu, log_s, self.levels)
 
 
 class DiscretizedLogisticMixture(_Discrete):
@@ -328,6 +359,11 @@ class DiscretizedLogisticMixture(_Discrete):
         expected = (log_pi.exp() * _logistic_expected_level(mu, log_s, self.levels)).sum(2)
         return from_levels(expected, self.spec)
 
+    def outcome_log_probs(self, params: Tensor) -> Tensor:
+        log_pi, mu, log_s = (t.unsqueeze(3) for t in self._unpack(params))  # (B, C, K, 1, *rest)
+        k = self._all_levels(mu[:, :, 0]).unsqueeze(2)  # (1, 1, 1, L, 1...)
+        return torch.logsumexp(log_pi + _logistic_bin_log_prob(k, mu, log_s, self.levels), dim=2)
+
 
 class Categorical(_Discrete):
     """An ``L``-way softmax per dimension (van den Oord et al. 2016, PixelRNN, arXiv:1601.06759):
@@ -353,6 +389,9 @@ class Categorical(_Discrete):
         k = torch.arange(self.levels, device=p.device, dtype=p.dtype)
         k = k.view(self.levels, *[1] * (p.dim() - 3))  # broadcast over (*rest)
         return from_levels((p * k).sum(2), self.spec)
+
+    def outcome_log_probs(self, params: Tensor) -> Tensor:
+        return self._split(params).log_softmax(2)
 
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {
