@@ -65,6 +65,7 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
     for heading, code in blocks("python"):
         exec(compile(code, f"README.md ({heading})", "exec"), {})
     for made in ["runs/vae/report.html", "grid.png", "sneakers.png", "ddim.png", "ddpm.png", "guided.png",
-                 "inpainted.png", "upscaled.png", "board.csv", "board.png", "demo/report.html",
+                 "inpainted.png", "upscaled.png", "threes.png", "completed.png", "cached.png", "langevin.png", "filled.png",
+                 "board.csv", "board.png", "demo/report.html",
                  "runs/api-vae/report.html"]:
         assert (tmp_path / made).exists(), made

@@ -67,12 +67,12 @@ def test_eval_reuses_the_pictures_of_unchanged_weights_and_redraw_draws_them_aga
     assert main(["report", str(ddpm_run), "--quiet"]) == 0
     assert calls == []
     assert main(["report", str(ddpm_run), "--redraw", "--quiet"]) == 0
-    assert len(calls) == 2  # inpainting and 2x super-resolution of the grey 8x8 digits
+    assert len(calls) == 3  # completion of the bottom half, inpainting, 2x super-resolution of the grey digits
     assert (ddpm_run / "figures" / "figure_00.png").read_bytes() == before  # seeded: the same pictures
     weights = ddpm_run / "ema.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # new weights
     assert main(["report", str(ddpm_run), "--quiet"]) == 0
-    assert len(calls) == 4
+    assert len(calls) == 6  # the three restorations drawn again
     index = json.loads((ddpm_run / "figures" / "figures.json").read_text())
     assert index["stamp"]["weights"]["ema.safetensors"]["mtime_ns"] == weights.stat().st_mtime_ns
 

@@ -47,7 +47,7 @@ from dgm.data.core import Batch, DataSpec
 from dgm.data.dct import DCTCode, Quality
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, capability, inference, rand, randint, register
-from dgm.models.refusals import class_labels, refuse_partial_labels, refuse_variable_length
+from dgm.models.refusals import class_labels, refuse_all_but_discrete_images, refuse_partial_labels
 from dgm.nn.transformer import CausalTransformer, init_weights
 from dgm.settings import NonNegativeInt, PositiveInt, Range
 
@@ -98,11 +98,8 @@ class DCTTransformer(GenerativeModel):
 
     @classmethod
     def default_representation(cls, config: DCTTransformerConfig, spec: DataSpec) -> str:
-        refuse_variable_length(cls.name, spec, PADDING_REASON)
-        if spec.levels is None or not spec.is_image:
-            raise DgmError(f"model {cls.name!r} codes images of discrete levels (the JPEG DCT of 8-bit pixels), "
-                           f"but {spec.name!r} is {'continuous' if spec.levels is None else 'not images'}: "
-                           f"use image data such as --data digits, fashion-mnist or cifar10")
+        refuse_all_but_discrete_images(cls.name, spec, "codes images of discrete levels (the JPEG DCT of 8-bit pixels)",
+                                       PADDING_REASON)
         return "levels"
 
     def __init__(self, config: DCTTransformerConfig, spec: DataSpec) -> None:

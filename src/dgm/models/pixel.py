@@ -54,7 +54,7 @@ from dgm.data.core import BINARY_REPRESENTATIONS, Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models import langevin
 from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, rand, randint, randn, register
-from dgm.models.refusals import class_labels, refuse_partial_labels, refuse_variable_length
+from dgm.models.refusals import class_labels, refuse_all_but_discrete_images, refuse_partial_labels
 from dgm.models.samplers import Inpaint, KnownView
 from dgm.nn import make_likelihood, to_levels
 from dgm.nn.distributions import normal_log_prob
@@ -108,11 +108,7 @@ class PixelModel(GenerativeModel):
 
     @classmethod
     def default_representation(cls, config: PixelConfig, spec: DataSpec) -> str:
-        refuse_variable_length(cls.name, spec, PADDING_REASON)
-        if spec.levels is None or len(spec.shape) != 3:
-            raise DgmError(f"model {cls.name!r} models images of discrete levels, but {spec.name!r} is "
-                           f"{'continuous' if spec.levels is None else f'of shape {spec.shape}'}: use image data "
-                           f"(e.g. --data fashion-mnist or digits)")
+        refuse_all_but_discrete_images(cls.name, spec, "models images of discrete levels", PADDING_REASON)
         return "unit"
 
     def __init__(self, config: PixelConfig, spec: DataSpec) -> None:

@@ -49,3 +49,13 @@ def class_labels(model: str, condition: Tensor | int | None, n: int, num_classes
         raise DgmError(f"this model was trained with classes 0..{num_classes - 1}, and class {bad[0]} is not one "
                        f"of them: use --class in 0..{num_classes - 1}")
     return labels
+
+
+def refuse_all_but_discrete_images(model: str, spec: DataSpec, what: str, reason: str) -> None:
+    """Raise unless ``spec`` holds images of discrete levels, which ``model`` (``what`` it does with
+    them) needs; padded sequences and sets are refused with ``reason``."""
+    refuse_variable_length(model, spec, reason)
+    if spec.levels is None or not spec.is_image:
+        raise DgmError(f"model {model!r} {what}, but {spec.name!r} is "
+                       f"{'continuous' if spec.levels is None else f'not images (shape {spec.shape})'}: "
+                       f"use image data such as --data digits or fashion-mnist")
