@@ -57,6 +57,7 @@ from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, rand, rand
 from dgm.models.refusals import class_labels, refuse_all_but_discrete_images, refuse_partial_labels
 from dgm.models.samplers import Inpaint, KnownView
 from dgm.nn import make_likelihood, to_levels
+from dgm.nn.likelihoods import sample_categorical
 from dgm.nn.distributions import normal_log_prob
 from dgm.settings import Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 
@@ -247,10 +248,13 @@ class PixelModel(GenerativeModel):
         """``n`` samples ``(n, C, H, W)`` in the data representation, by ``sampler`` (default: the
         model's first): ``sequential`` (exact), ``cached`` (the transformer) or ``langevin``."""
         y = self.labels(condition, n, generator)
-        blank = torch.zeros(n, *self.spec.shape, device=self.device, dtype=torch.long)
-        todo = torch.ones(n, *self.spec.shape, dtype=torch.bool, device=self.device)
-        return self.generate(self.from_outcomes(blank), todo, y, sampler=sampler or self.default_sampler,
+        return self.generate(*self.blank(n), y, sampler=sampler or self.default_sampler,
                              generator=generator, steps=steps, step_size=step_size, progress=progress)
+
+    def blank(self, n: int) -> tuple[Tensor, Tensor]:
+        """``n`` images of outcome 0 in the data representation, and ``todo``: every subpixel to draw."""
+        x = self.from_outcomes(torch.zeros(n, *self.spec.shape, dtype=torch.long, device=self.device))
+        return x, torch.ones(n, *self.spec.shape, dtype=torch.bool, device=self.device)
 
     def generate(self, x: Tensor, todo: Tensor, y: Tensor | None, *, sampler: str,
                  generator: torch.Generator | None, steps: int | None = None, step_size: float | None = None,
@@ -275,10 +279,7 @@ class PixelModel(GenerativeModel):
         """An outcome index of data channel ``c`` drawn from ``params`` ``(B, C * P)`` of one pixel, ``(B,)``:
         the Gumbel-max trick on log P(k), with noise ``(B, K)`` from ``generator``."""
         log_p = self.likelihood.outcome_log_probs(params[:, :, None, None].float())[:, c, :, 0, 0]  # (B, K)
-        g = generator
-        u = torch.rand(log_p.shape, generator=g, device=g.device if g is not None else log_p.device,
-                       dtype=log_p.dtype).to(log_p.device)
-        return (log_p - torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))).argmax(1)
+        return sample_categorical(log_p, 1, generator).squeeze(1)
 
     def ancestral(self, x: Tensor, todo: Tensor, y: Tensor | None, *, sampler: str,
                   generator: torch.Generator | None, progress: bool) -> Tensor:
@@ -337,13 +338,8 @@ class PixelModel(GenerativeModel):
         log_pmf = self.likelihood.outcome_log_probs(self.params(noisy, y, levels))  # (B, C, K, H, W)
         log_post = log_pmf + normal_log_prob(noisy.unsqueeze(2), self.values.view(1, 1, -1, 1, 1),
                                              2 * math.log(sigmas[-1]))
-        u = torch.rand(log_post.shape, generator=generator, device=generator.device if generator is not None
-                       else log_post.device, dtype=log_post.dtype).to(log_post.device)
-        k = (log_post - torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))).argmax(2)
-        drawn = self.from_outcomes(k).to(x.dtype)
-        if view is not None and isinstance(view, Inpaint):
-            return torch.where(view.mask.expand_as(x), x, drawn)
-        return torch.where(todo, drawn, x)
+        drawn = self.from_outcomes(sample_categorical(log_post, 2, generator).squeeze(2)).to(x.dtype)
+        return torch.where(todo, drawn, x)  # known pixels (todo false) exactly as given
 
     def restore(self, known: KnownView, *, generator: torch.Generator | None = None, sampler: str | None = None,
                 steps: int | None = None, step_size: float | None = None, progress: bool = False) -> Tensor:
@@ -360,20 +356,19 @@ class PixelModel(GenerativeModel):
                 raise DgmError(f"the known image and mask must be {tuple(self.spec.shape)} like the model's images, "
                                f"got {tuple(known.y.shape[1:])} and {tuple(known.mask.shape[1:])}")
             mask = known.mask.expand(n, C, H, W)  # true where known
+            prefix = is_raster_prefix(mask)
             if sampler is None:
-                sampler = self.default_sampler if is_raster_prefix(mask) or not self.config.noise_levels else "langevin"
-            if sampler != "langevin" and not is_raster_prefix(mask):
+                sampler = self.default_sampler if prefix or not self.config.noise_levels else "langevin"
+            if sampler != "langevin" and not prefix:
                 raise DgmError(f"the {sampler} sampler completes an image whose known pixels all come first in raster "
                                f"order (the top given); for any other mask use --sampler langevin"
                                + ("" if self.config.noise_levels else " (train with --set model.noise_levels=10)"))
             y0 = known.y.to(self.device)
-            x = torch.where(mask, y0, self.from_outcomes(torch.zeros_like(y0, dtype=torch.long)).to(y0.dtype))
+            x = torch.where(mask, y0, self.blank(n)[0].to(y0.dtype))
             return self.generate(x, ~mask, y, sampler=sampler, generator=generator, steps=steps,
                                  step_size=step_size, progress=progress,
                                  view=known if sampler == "langevin" else None)
-        blank = self.from_outcomes(torch.zeros(n, *self.spec.shape, dtype=torch.long, device=self.device))
-        todo = torch.ones(n, *self.spec.shape, dtype=torch.bool, device=self.device)
-        return self.generate(blank, todo, y, sampler=sampler or "langevin", generator=generator, steps=steps,
+        return self.generate(*self.blank(n), y, sampler=sampler or "langevin", generator=generator, steps=steps,
                              step_size=step_size, progress=progress, view=known)
 
 

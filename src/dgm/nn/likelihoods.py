@@ -49,10 +49,12 @@ def from_levels(k: Tensor, spec: DataSpec) -> Tensor:
     return unit * 2 - 1 if spec.representation == "signed" else unit
 
 
-def _sample_categorical(logits: Tensor, dim: int, generator: torch.Generator | None) -> Tensor:
+def sample_categorical(logits: Tensor, dim: int, generator: torch.Generator | None) -> Tensor:
     """Indices drawn from ``softmax(logits)`` along ``dim`` by the Gumbel-max trick, keeping
-    ``dim`` (size 1); all randomness comes from ``generator``."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    ``dim`` (size 1); all randomness comes from ``generator`` (drawn on its device, so a CPU
+    generator also serves logits on a GPU)."""
+    device = generator.device if generator is not None else logits.device
+    u = torch.rand(logits.shape, generator=generator, device=device, dtype=logits.dtype).to(logits.device)
     gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
     return (logits + gumbel).argmax(dim, keepdim=True)
 
@@ -350,7 +352,7 @@ class DiscretizedLogisticMixture(_Discrete):
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         log_pi, mu, log_s = self._unpack(params)
-        j = _sample_categorical(log_pi, 2, generator)  # (B, C, 1, *rest)
+        j = sample_categorical(log_pi, 2, generator)  # (B, C, 1, *rest)
         mu, log_s = mu.gather(2, j).squeeze(2), log_s.gather(2, j).squeeze(2)
         return from_levels(_logistic_sample(mu, log_s, self.levels, generator), self.spec)
 
@@ -381,7 +383,7 @@ class Categorical(_Discrete):
         return log_p.gather(2, to_levels(x, self.spec).unsqueeze(2)).squeeze(2)
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        k = _sample_categorical(self._split(params), 2, generator).squeeze(2)
+        k = sample_categorical(self._split(params), 2, generator).squeeze(2)
         return from_levels(k, self.spec)
 
     def mean(self, params: Tensor) -> Tensor:
