@@ -27,7 +27,17 @@ TINY = {
     "pixelrnn": {"width": 4, "layers": 1},
     "image-transformer": {"width": 8, "depth": 1, "heads": 2},
     "dct-transformer": {"width": 8, "depth": 1, "heads": 2, "quality": 0, "max_length": 64, "conditional": True},
+    "nice": {"couplings": 2, "hidden": (8,)},
+    "realnvp": {"scales": 2, "width": 4, "blocks": 1},
+    "glow": {"levels": 2, "steps": 1, "width": 4, "dequantization": "variational", "dequantizer_couplings": 1,
+             "dequantizer_width": 4},
+    "maf": {"transforms": 2, "hidden": (16,)},
+    "iaf": {"transforms": 2, "hidden": (16,)},
+    "spline-flow": {"transforms": 2, "hidden": (8,), "bins": 3},
+    "set-flow": {"couplings": 2, "width": 8, "heads": 2, "blocks": 1},
 }
+#: models that read another kind of data than the labelled images the contract uses
+POINT_SET_MODELS = {"set-flow"}
 MODEL_NAMES = sorted(n for n in MODELS if not n.startswith("test-"))
 
 
@@ -38,7 +48,12 @@ def test_every_model_has_a_tiny_config():
 def build(name: str):
     cls = MODELS[name]
     config = make_config(cls, TINY[name])
-    data = image_dataset(n=64, labels=True)  # labelled, for the class-conditional models
+    if name in POINT_SET_MODELS:
+        from dgm.data import load
+
+        data = load("shapes2d", "test").subset(64)
+    else:
+        data = image_dataset(n=64, labels=True)  # labelled, for the class-conditional models
     data = data.with_representation(cls.default_representation(config, data.spec))
     torch.manual_seed(0)
     return cls(config, data.spec), data
@@ -129,3 +144,38 @@ def test_generation_runs_without_autograd_and_returns_plain_tensors(name):
     for x in outputs:
         assert x.grad_fn is None and not x.requires_grad and not x.is_inference()
     (torch.nn.Linear(x[0].numel(), 1)(x.flatten(1).float())).sum().backward()  # usable in training
+
+
+def _ranges(hint) -> list:  # noqa: ANN001
+    """The Range annotations inside a config field's type (through Optional and tuples)."""
+    from typing import Annotated, get_args, get_origin
+
+    from dgm.settings import Range
+
+    if get_origin(hint) is Annotated:
+        return [m for m in get_args(hint)[1:] if isinstance(m, Range)] + _ranges(get_args(hint)[0])
+    return [r for a in get_args(hint) for r in _ranges(a)]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_bounded_numeric_setting_refuses_a_value_below_its_range(name):
+    """Every numeric setting of every model states its range; a value below it (zero for a count,
+    a negative scale) is refused with one line naming the setting, before anything is built."""
+    import dataclasses
+
+    from dgm.errors import DgmError
+    from dgm.settings import type_hints
+
+    cls = MODELS[name]
+    hints = type_hints(cls.Config)
+    for f in dataclasses.fields(cls.Config):
+        numeric = isinstance(f.default, (int, float)) and not isinstance(f.default, bool)
+        assert _ranges(hints[f.name]) or not numeric, f"model.{f.name} of {name} states no range"
+        bounded = [r for r in _ranges(hints[f.name]) if r.low is not None]
+        if not bounded:
+            continue
+        low = bounded[0].low
+        bad = low - 1 if not bounded[0].low_open else low  # just outside the range
+        value = (bad,) if isinstance(f.default, tuple) else bad
+        with pytest.raises(DgmError, match=f"model.{f.name}"):
+            make_config(cls, {f.name: value})

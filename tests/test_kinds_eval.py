@@ -143,6 +143,7 @@ def test_a_standard_normal_on_point_sets_gives_its_closed_form_per_point(toys):
     per_point = (0.5 * (real ** 2).sum(-1) + math.log(2 * math.pi)).mean().item()  # -log N(x; 0, I), D = 2
     assert results["nats/point"].value == pytest.approx(per_point, rel=1e-6)
     assert results["bits/dim"].value == pytest.approx(per_point / (2 * math.log(2)), rel=1e-6)
+    assert results["bits/point"].value == pytest.approx(per_point / math.log(2), rel=1e-6)
     assert "no dequantization term" in results["bits/dim"].qualifier
     assert f"({len(real)} in 300 sets, padding left out)" in results["nats/point"].qualifier
 

@@ -196,3 +196,36 @@ def test_compare_plot_has_a_legend_labels_zero_and_states_n_and_the_bound(two_ru
     assert labels(panels["nll [nats]"]) == ["≤ 90.5", "–"]  # a bound is marked, a missing value said so
     assert labels(panels["reverse_kl [nats]"]) == ["–", "0.25"]  # NaN: missing
     assert [t.get_text() for t in panels["fid"].get_xticklabels()] == ["n=360", "n=100"]
+
+
+def test_a_two_dimensional_density_model_gets_data_density_and_samples(tmp_path):
+    """A model with log_prob on 2-D data: the report draws its density on a grid beside the test
+    points and its samples; the grid is the model's own log_prob (a standard normal here, whose
+    density peaks at the origin)."""
+    from dgm.report import write_report
+    from dgm.report.html import density_figure
+
+    test = vector_dataset(n=300, dim=2, train=False)
+
+    class Gaussian2d(GenerativeModel):
+        name = "test-gaussian-2d"
+        calls = 0
+
+        def __init__(self, spec) -> None:
+            super().__init__(None, spec)
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def sample(self, n, condition=None, *, generator=None):
+            return torch.randn(n, 2, generator=generator)
+
+        def log_prob(self, x):
+            Gaussian2d.calls += 1
+            return -(x ** 2).sum(1) / 2 - torch.log(torch.tensor(2 * torch.pi))
+
+    model = Gaussian2d(test.spec)
+    (tmp_path / "config.json").write_text(json.dumps({"model": "test-gaussian-2d", "train": {"seed": 0}}))
+    page = write_report(tmp_path, model, test).read_text()
+    assert "<h2>Density</h2>" in page and "density exp(log p) on a 200x200 grid" in page
+    assert Gaussian2d.calls > 0
+    figure = density_figure(model, test, torch.Generator().manual_seed(0))
+    assert figure.picture.width > 2 * figure.picture.height  # three panels side by side

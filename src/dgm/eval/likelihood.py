@@ -18,7 +18,7 @@ the split's ``lengths``), never per padded position (``spec.dim``): over a split
 
 * tokens: ``bits per token = -sum_i log P(x_i) / (sum_i n_i ln 2)``, ``n_i`` the real tokens of
   sequence ``i`` (a pmf over the vocabulary: a uniform model over 256 bytes gives exactly 8);
-* points: ``nats per point = -sum_i log p(x_i) / sum_i n_i`` and bits per dimension of the
+* points: ``nats per point = -sum_i log p(x_i) / sum_i n_i``, bits per point (divided by ln 2) and bits per dimension of the
   continuous density, ``nats per point / (D ln 2)`` with ``D`` the point's coordinates (no
   dequantization term: the coordinates are not discrete).
 """

@@ -41,7 +41,7 @@ UNIT = {"tokens": "token", "points": "point"}
 
 def per_unit_results(name: str, log_px: Tensor, qualifier: str, model: GenerativeModel,
                      ctx: EvalContext) -> list[Result]:
-    """Bits per real token, or nats per real point and bits/dim of the continuous points: the
+    """Bits per real token, or nats and bits per real point and bits/dim of the continuous points: the
     split's lengths count the real units of each example (padding is left out)."""
     spec = model.spec
     units = ctx.data.lengths[:len(log_px)]  # (N,) in the order of the evaluation batches
@@ -52,6 +52,7 @@ def per_unit_results(name: str, log_px: Tensor, qualifier: str, model: Generativ
         return [Result(name, nats / math.log(2), "bits/token", what, ctx.split, {"stderr": stderr / math.log(2)})]
     d = spec.shape[-1]  # coordinates of one point
     return [Result(name, nats, "nats/point", what, ctx.split, {"stderr": stderr}),
+            Result(name, nats / math.log(2), "bits/point", what, ctx.split, {"stderr": stderr / math.log(2)}),
             Result(name, nats / (d * math.log(2)), "bits/dim",
                    f"{what}, density of the continuous coordinates (no dequantization term)", ctx.split,
                    {"stderr": stderr / (d * math.log(2))})]

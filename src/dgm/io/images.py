@@ -51,6 +51,31 @@ def scatter(points: Tensor, reference: Tensor | None = None, size: float = 4.0) 
     return figure_to_image(fig)
 
 
+def density_panels(data: Tensor, log_density: Tensor, extent: tuple[float, float, float, float],
+                   samples: Tensor, size: float = 3.2) -> Image.Image:
+    """Three panels side by side for a 2-D density model: the ``data`` points, the model's density
+    ``exp(log_density)`` on a grid ``(rows = y, columns = x)`` covering ``extent`` = (x0, x1, y0, y1),
+    and the model's ``samples``, all on the same axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(3 * size, size), dpi=80, sharex=True, sharey=True)
+    d, s = data.detach().cpu().numpy(), samples.detach().cpu().numpy()
+    axes[0].scatter(d[:, 0], d[:, 1], s=1, c="0.3")
+    axes[1].imshow(log_density.detach().double().exp().cpu().numpy(), origin="lower", extent=extent,
+                   cmap="viridis", aspect="auto")
+    axes[2].scatter(s[:, 0], s[:, 1], s=1, c="C0")
+    for ax, title in zip(axes, ("data", "model density", "samples")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    return figure_to_image(fig)
+
+
 def figure_to_image(fig) -> Image.Image:  # noqa: ANN001 (a matplotlib Figure)
     import matplotlib.pyplot as plt
 

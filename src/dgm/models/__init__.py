@@ -19,6 +19,8 @@ from dgm.models.base import (
 )
 from dgm.models import diffusion, gan, vae  # noqa: F401  (registers "vae", "gan" and its variants, "ddpm")
 from dgm.models import autoregressive, dct_transformer, pixel  # noqa: F401  (NADE, MADE, the pixel models, the DCT transformer)
+from dgm.models import flows  # noqa: F401  (NICE, RealNVP, Glow, MAF, IAF, spline flows)
+from dgm.models import set_flow  # noqa: F401  (registers "set-flow", the exchangeable flow over point sets)
 
 __all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "Stage", "capabilities", "capability",
            "create", "model_class", "register"]

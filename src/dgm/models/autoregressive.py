@@ -49,6 +49,7 @@ from dgm.data.core import BINARY_REPRESENTATIONS, Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, rand, randint, register
 from dgm.models.refusals import refuse_variable_length
+from dgm.nn.made import MaskedLinear
 from dgm.settings import NonNegativeInt, PositiveInt
 
 #: why NADE and MADE refuse token sequences and point sets
@@ -157,13 +158,6 @@ class MADEConfig:
     num_masks: PositiveInt = 1  # M: masks of the test-time ensemble (and cycled in training unless order_agnostic)
     order_agnostic: bool = False  # train on a fresh random ordering and connectivity every step
     mask_seed: NonNegativeInt = 0  # seed of the M fixed masks (mask 0 keeps the raster order)
-
-
-class MaskedLinear(nn.Linear):
-    """``nn.Linear`` whose weight is multiplied by a binary mask ``(out, in)`` given at each call."""
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
-        return F.linear(x, self.weight * mask.to(self.weight.dtype), self.bias)
 
 
 @register

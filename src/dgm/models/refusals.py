@@ -20,6 +20,16 @@ def refuse_variable_length(model: str, spec: DataSpec, reason: str) -> None:
                        f"use a model made for {spec.kind}")
 
 
+def refuse_all_but_points(model: str, spec: DataSpec) -> None:
+    """Raise unless ``spec`` holds point sets of at least two coordinates, which ``model`` needs."""
+    if spec.kind != "points":
+        raise DgmError(f"model {model!r} models sets of points, but {spec.name!r} holds {spec.kind} data: "
+                       f"use point-set data such as --data shapes2d")
+    if spec.shape[-1] < 2:
+        raise DgmError(f"model {model!r} needs points of at least 2 coordinates (a coupling maps one from the "
+                       f"others), but {spec.name!r} has {spec.shape[-1]}: use points in 2-D or more")
+
+
 def refuse_partial_labels(model: str, batch: Batch, what: str) -> None:
     """Raise when ``batch`` carries only some labels (``data.labelled``) and ``model`` (``what``:
     why it needs them) reads every example's label. Reads no tensor: no host synchronisation."""

@@ -149,6 +149,28 @@ def interpolation(model: GenerativeModel, x: torch.Tensor, steps: int = 10) -> t
         return model.decode(path.reshape(n * steps, -1))
 
 
+#: points per side of the grid on which a 2-D model's density is drawn, and the samples drawn beside it
+DENSITY_GRID, DENSITY_SAMPLES = 200, 2000
+
+
+def density_figure(model: GenerativeModel, test: Dataset, generator: torch.Generator) -> Figure:
+    """A 2-D model's density on a grid beside the test points and its samples."""
+    data = test.tensors(DENSITY_SAMPLES).x.float()
+    low, high = data.min(0).values, data.max(0).values
+    margin = 0.1 * (high - low)
+    (x0, y0), (x1, y1) = (low - margin).tolist(), (high + margin).tolist()
+    xs = torch.linspace(x0, x1, DENSITY_GRID)
+    ys = torch.linspace(y0, y1, DENSITY_GRID)
+    grid_points = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)  # row-major in y
+    with torch.inference_mode():
+        log_p = torch.cat([model.log_prob(chunk.to(model.device)).cpu()
+                           for chunk in grid_points.split(10_000)]).view(DENSITY_GRID, DENSITY_GRID)
+        samples = model.preview_sample(DENSITY_SAMPLES, generator=generator)
+    picture = images.density_panels(data, log_p, (x0, x1, y0, y1), samples)
+    return Figure("Density", picture, f"left: {len(data)} test points; middle: the model's density exp(log p) "
+                  f"on a {DENSITY_GRID}x{DENSITY_GRID} grid; right: {DENSITY_SAMPLES} samples")
+
+
 def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Callable[[], list[Figure]]]:
     """Drawers of every picture the report asks of the model, in page order, sharing one generator
     (so a redraw gives the same pictures)."""
@@ -172,6 +194,8 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
                            text=text)]
 
         drawers.append(samples)
+    if spec.shape == (2,) and spec.kind == "vector" and {"log_prob", "sample"} <= have:
+        drawers.append(lambda: [density_figure(model, test, generator)])
     if not spec.is_image:
         return drawers
     x = test.tensors(16).x.to(model.device)  # (16, C, H, W)
