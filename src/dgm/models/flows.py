@@ -261,11 +261,8 @@ class VariationalDequantizer(nn.Module):
             if D < 2:
                 raise DgmError("variational dequantization needs at least 2 dimensions to couple: use "
                                "model.dequantization=uniform")
-            layers = []
-            for i in range(couplings):
-                mask = half_mask(D, i % 2)
-                layers.append(Coupling(mask, MLPConditioner(int(mask.sum()), (width, width), 2 * int((~mask).sum()),
-                                                            context_features=D), Affine()))
+            layers = [mlp_coupling(half_mask(D, i % 2), (width, width), Affine(), context_features=D)
+                      for i in range(couplings)]
         self.g = Compose(*layers, Inverse(Logit(0.0)))  # ... then the sigmoid onto (0, 1)
 
     def sample(self, x: Tensor, levels: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -282,6 +279,22 @@ def continuous_start(model: FlowModel, D: int) -> list[Transform]:
     """A data-initialised actnorm first on continuous data (the 2-D toys), whose scale is arbitrary;
     8-bit data comes through the logit already on a fixed scale."""
     return [] if model.discrete else [ActNorm(D)]
+
+
+def mlp_coupling(mask: Tensor, hidden: tuple[int, ...], elementwise: Elementwise, *,
+                 context_features: int = 0) -> Coupling:
+    """A coupling of vectors: the features where ``mask`` holds feed an MLP whose outputs are the
+    ``elementwise`` parameters of the other features."""
+    kept, changed = int(mask.sum()), int((~mask).sum())
+    return Coupling(mask, MLPConditioner(kept, hidden, elementwise.params_per_dim * changed,
+                                         context_features=context_features), elementwise)
+
+
+def channel_coupling(channels: int, parity: int, width: int, blocks: int) -> Coupling:
+    """An affine coupling of image channels: one half of them feeds a convolutional network whose
+    outputs are the shift and log-scale of the other half (RealNVP's channel mask, Glow's coupling)."""
+    return Coupling(channel_mask(channels, parity), ConvConditioner(channels // 2, width, channels, blocks=blocks),
+                    Affine())
 
 
 def refuse_too_few(model: str, D: int) -> None:
@@ -319,9 +332,7 @@ class NICE(FlowModel):
         refuse_too_few(self.name, D)
         layers = continuous_start(self, D)
         for i in range(self.config.couplings):
-            mask = alternating_mask(D, i % 2)
-            layers.append(Coupling(mask, MLPConditioner(int(mask.sum()), self.config.hidden, int((~mask).sum())),
-                                   Additive()))
+            layers.append(mlp_coupling(alternating_mask(D, i % 2), self.config.hidden, Additive()))
         return Compose(*layers, ActNorm(D))  # the diagonal scaling S (eq. 7)
 
 
@@ -366,18 +377,13 @@ class RealNVP(FlowModel):
             refuse_too_few(self.name, D)
             layers = continuous_start(self, D)
             for i in range(c.couplings):
-                mask = half_mask(D, i % 2)
-                layers.append(Coupling(mask, MLPConditioner(int(mask.sum()), c.hidden, 2 * int((~mask).sum())),
-                                       Affine()))
+                layers.append(mlp_coupling(half_mask(D, i % 2), c.hidden, Affine()))
             return Compose(*layers)
         C, H, W = shape
         refuse_indivisible(self.name, H, W, 2 ** (c.scales - 1), f"scales={c.scales}", "scales")
 
         def checkerboard(C: int, H: int, W: int, parity: int) -> Coupling:
             return Coupling(checkerboard_mask(H, W, parity), ConvConditioner(C, c.width, 2 * C, blocks=c.blocks), Affine())
-
-        def channels(C: int, parity: int) -> Coupling:
-            return Coupling(channel_mask(C, parity), ConvConditioner(C // 2, c.width, C, blocks=c.blocks), Affine())
 
         levels, shapes = [], []
         for scale in range(c.scales):
@@ -387,7 +393,8 @@ class RealNVP(FlowModel):
                 break
             before = [checkerboard(C, H, W, i % 2) for i in range(3)]
             C, H, W = 4 * C, H // 2, W // 2
-            levels.append(Compose(*before, Squeeze(2), *[channels(C, i % 2) for i in range(3)]))
+            after = [channel_coupling(C, i % 2, c.width, c.blocks) for i in range(3)]
+            levels.append(Compose(*before, Squeeze(2), *after))
             shapes.append((C, H, W))
             C //= 2  # half the channels leave the flow
         return MultiScale(levels, shapes)
@@ -433,17 +440,14 @@ class Glow(FlowModel):
         C, H, W = shape
         refuse_indivisible(self.name, H, W, 2 ** c.levels, f"levels={c.levels}", "levels")
 
-        def coupling(C: int, parity: int) -> Coupling:
-            return Coupling(channel_mask(C, parity), ConvConditioner(C // 2, c.width, C, blocks=c.blocks), Affine())
-
         levels, shapes = [], []
         for level in range(c.levels):
             C, H, W = 4 * C, H // 2, W // 2
             layers: list[Transform] = [Squeeze(2)]
             for _ in range(c.steps):  # one step of flow (Table 1)
-                layers += [ActNorm(C), InvertibleLinear(C), coupling(C, 0)]
+                layers += [ActNorm(C), InvertibleLinear(C), channel_coupling(C, 0, c.width, c.blocks)]
             if level < c.levels - 1:  # the prior of the half that leaves, given the half that stays
-                layers.append(coupling(C, 1))
+                layers.append(channel_coupling(C, 1, c.width, c.blocks))
             levels.append(Compose(*layers))
             shapes.append((C, H, W))
             C //= 2
@@ -527,13 +531,11 @@ class SplineFlow(FlowModel):
         c = self.config
         (D,) = shape
         spline: Elementwise = RationalQuadraticSpline(bins=c.bins, bound=c.bound)
-        P = spline.params_per_dim
         layers = continuous_start(self, D)
         for i in range(c.transforms):
             if c.structure == "autoregressive":
                 layers.append(MaskedAutoregressive(D, c.hidden, spline, order=torch.arange(D).flip(0) if i % 2 else None))
             else:
                 refuse_too_few(self.name, D)
-                mask = half_mask(D, i % 2)
-                layers.append(Coupling(mask, MLPConditioner(int(mask.sum()), c.hidden, P * int((~mask).sum())), spline))
+                layers.append(mlp_coupling(half_mask(D, i % 2), c.hidden, spline))
         return Compose(*layers)

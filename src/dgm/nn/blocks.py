@@ -34,19 +34,22 @@ class ResidualBlock(nn.Module):
     """Pre-activation residual block, ``x + conv3x3(act(conv3x3(act(x))))`` (He et al. 2016,
     "Identity Mappings in Deep Residual Networks", arXiv:1603.05027), without batch norm.
 
-    The last convolution starts at zero so each block starts as the identity: without a
-    normalisation layer this keeps the activations' scale fixed at initialisation however many
-    blocks are stacked (as in Fixup, Zhang et al. 2019, arXiv:1901.09321).
+    With ``zero_init`` the last convolution starts at zero so each block starts as the identity:
+    without a normalisation layer this keeps the activations' scale fixed at initialisation however
+    many blocks are stacked (as in Fixup, Zhang et al. 2019, arXiv:1901.09321). The flows' coupling
+    networks use ReLU blocks with the default initialisation (RealNVP, section 4.1), their last
+    layer being the one that starts at zero.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, *, activation: type[nn.Module] = nn.SiLU, zero_init: bool = True) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            activation(), nn.Conv2d(channels, channels, 3, padding=1),
+            activation(), nn.Conv2d(channels, channels, 3, padding=1),
         )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        if zero_init:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.net(x)  # (B, C, H, W)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.errors import DgmError
-from dgm.nn.blocks import MLP
+from dgm.nn.blocks import MLP, ResidualBlock
 
 
 class Transform(nn.Module):
@@ -531,22 +531,6 @@ class MLPConditioner(nn.Module):
         return self.net(h)  # (B, out_features)
 
 
-class _ReluResidualBlock(nn.Module):
-    """``x + conv3x3(ReLU(conv3x3(ReLU(x))))``, the residual block of RealNVP's conditioners (section
-    4.1). A near copy of :class:`dgm.nn.blocks.ResidualBlock`, kept because that one is fixed to SiLU
-    and starts at zero; merge them if it gains an ``activation`` argument."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.net(x)  # (B, C, H, W)
-
-
 class ConvConditioner(nn.Module):
     """Glow's coupling network NN() (Kingma & Dhariwal 2018, arXiv:1807.03039, section 3.3): conv3x3
     ReLU conv1x1 ReLU, then ``blocks`` residual blocks (RealNVP's, Dinh et al. 2017, section 4.1),
@@ -564,7 +548,7 @@ class ConvConditioner(nn.Module):
         self.net = nn.Sequential(
             nn.Conv2d(in_channels + context_channels, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, width, 1), nn.ReLU(),
-            *[_ReluResidualBlock(width) for _ in range(blocks)],
+            *[ResidualBlock(width, activation=nn.ReLU, zero_init=False) for _ in range(blocks)],
             nn.Conv2d(width, out_channels, 3, padding=1),
         )
         _zero_(self.net[-1])

@@ -139,8 +139,9 @@ class MADE(nn.Module):
             if context.shape[1] != C:
                 raise DgmError(f"this MADE takes a context of {C} features, got {context.shape[1]}")
             h = torch.cat([x, context.to(x.dtype)], dim=1)  # (B, D + C)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, self.masks()[i]) if weights is None else F.linear(h, weights[i], layer.bias)
+        weights = self.masked_weights() if weights is None else weights
+        for i, (layer, weight) in enumerate(zip(self.layers, weights)):
+            h = F.linear(h, weight, layer.bias)
             if i < len(self.layers) - 1:
                 h = F.relu(h)
         return h.view(B, D, self.params_per_dim)  # (B, D, P)
