@@ -35,6 +35,14 @@ TINY = {
     "iaf": {"transforms": 2, "hidden": (16,)},
     "spline-flow": {"transforms": 2, "hidden": (8,), "bins": 3},
     "set-flow": {"couplings": 2, "width": 8, "heads": 2, "blocks": 1},
+    "cvae": {"latent_dim": 3, "hidden": (16,)},
+    "ppca": {"latent_dim": 3},
+    "fa": {"latent_dim": 3, "max_iter": 5},
+    "gmm": {"components": 2, "max_iter": 5},
+    "m2": {"latent_dim": 3, "hidden": (16,)},
+    "ps-vae": {"latent_dim": 3, "hidden": (16,), "samples": 2},
+    "m1m2": {"latent_dim": 2, "hidden": (8,), "m1_latent_dim": 3, "m1_hidden": (16,), "m1_epochs": 1},
+    "csvae": {"latent_dim": 3, "w_dim": 2, "hidden": (16,), "adversary_hidden": (8,)},
 }
 #: models that read another kind of data than the labelled images the contract uses
 POINT_SET_MODELS = {"set-flow"}

@@ -93,7 +93,7 @@ class Shrink(App):
         np.savez(out, x=model.shrink(x, args.strength).detach().numpy())
         return f"shrunk 4 test images -> {out}"
 
-    def report_figures(self, model, examples, *, generator=None):  # noqa: ANN001, ANN201
+    def report_figures(self, model, examples, *, labels=None, generator=None):  # noqa: ANN001, ANN201
         with torch.inference_mode():
             rows = torch.cat([examples[:8], model.shrink(examples[:8], 0.5)])
         return [("Shrunk towards the mean", rows, 8, "top: test images; bottom: halfway to the model's mean image")]

@@ -71,6 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # the run goes on as its config.json describes it: a setting that would change it mid-way
         # (data, batch size, model settings) is refused, not silently ignored
         changes = [flag for flag, given in [("--data", args.data), ("--batch-size", args.batch_size),
+                                            ("--labels", args.labels),
                                             ("--set", args.set), ("--config", args.config), ("--out", args.out)]
                    if given] + ([f"model {args.model!r}"] if args.model not in (None, config.model) else [])
         if changes:
@@ -93,6 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         settings.append(("train.epochs", args.epochs))
     if args.batch_size is not None:
         settings.append(("train.batch_size", args.batch_size))
+    if args.labels is not None:
+        settings.append(("data.labelled", args.labels))
     settings += _parse_set(args.set)
     for key, value in settings:
         config.set(key, value)
@@ -153,7 +156,7 @@ def cmd_app(app, args: argparse.Namespace) -> int:  # noqa: ANN001 (a dgm.apps.A
     model = run.load(args.run)
     if not app.supports(model):
         able = [cls.name for cls in iter_models() if app.supports(cls)]
-        raise DgmError(f"model {model.name!r} cannot run {app.name!r}: it needs {', '.join(sorted(app.requires))}"
+        raise DgmError(f"model {model.name!r} cannot run {app.name!r}: it needs {app.needs()}"
                        + (f" ({', '.join(able)} can)" if able else ""))
     print(app.run(model, args))
     return 0
@@ -184,8 +187,9 @@ def run_model_class(argv: Sequence[str], command: str):  # noqa: ANN201
 def cmd_eval(args: argparse.Namespace) -> int:
     from dgm import run
     from dgm.eval import evaluate, results_table
+    from dgm.eval.core import record_results
     from dgm.report import write_report
-    from dgm.train.checkpoint import load_json, save_json
+    from dgm.train.checkpoint import save_json
 
     json_out = output_path(args.json) if args.json else None  # fail before the evaluation, not after
     model = run.load(args.run)
@@ -199,14 +203,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        inception_weights=args.inception_weights, kid_subset_size=args.kid_subset_size,
                        progress=not args.quiet)
     print(results_table(results))
-    payload = [r.to_json() for r in results]
-    # eval.json keeps the run's earlier results of other metrics: one file, the union of evaluations
-    previous = Path(args.run) / "eval.json"
-    fresh = {r.metric for r in results}
-    kept = [r for r in load_json(previous) if r.get("metric") not in fresh] if previous.exists() else []
-    save_json(kept + payload, previous)
+    record_results(args.run, results)  # beside the run's earlier results of other metrics
     if json_out is not None:
-        save_json(payload, json_out)
+        save_json([r.to_json() for r in results], json_out)
     test = data if args.split == "test" and not args.max_examples else run.load_data(config, "test")
     write_report(args.run, model, test, progress=not args.quiet)  # reuses the pictures of these weights
     return 0
@@ -255,7 +254,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("apps (dgm NAME RUN ...):")
     for app in iter_apps():
-        print(f"  {app.name:<{width}}{app.description} (needs {', '.join(sorted(app.requires))})")
+        print(f"  {app.name:<{width}}{app.description} (needs {app.needs()})")
     return 0
 
 
@@ -304,6 +303,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset name, folder:PATH or npz:PATH")
     p.add_argument("--epochs", type=POSITIVE)
     p.add_argument("--batch-size", type=POSITIVE)
+    p.add_argument("--labels", type=POSITIVE, metavar="N",
+                   help="keep the labels of N training examples, the same number per class (semi-supervised models)")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATA)")
     p.add_argument("--config", help="YAML file with model:, train:, data: sections")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -393,13 +394,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dgm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head, less, ... (an OSError: caught before the others)
+        return 0
     except OSError as e:  # a full disk, a read-only or vanished folder: say which file, not a traceback
         where = f" {e.filename}" if e.filename else ""
         print(f"dgm: error: cannot write or read{where}: {e.strerror or e} (check the path, its permissions "
               "and the free disk space)", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into head, less, ...
-        return 0
 
 
 if __name__ == "__main__":

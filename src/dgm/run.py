@@ -35,6 +35,9 @@ class DataConfig:
     # keep the labels of this many training examples, the same number per class, chosen with
     # data.seed; the rest unlabelled (semi-supervised models): see dgm.data.labels
     labelled: PositiveInt | None = None
+    # with data.labelled: labelled examples added to every training batch, in turn from the labelled
+    # subset (None: as many as train.batch_size, at most the subset; 0: none, they come as they fall)
+    labelled_per_batch: NonNegativeInt | None = None
     seed: NonNegativeInt = 0  # the data's own draws (the labelled subset), apart from the run's seed
 
 
@@ -113,8 +116,32 @@ def load_data(config: RunConfig, split: str, *, device: str | torch.device = "cp
     if split == "train" and d.max_examples:
         dataset = dataset.subset(d.max_examples)
     if split == "train" and d.labelled:  # the test split keeps every label, to score classifiers
-        dataset = dataset.with_labelled(d.labelled, d.seed)
+        per_batch = config.train.batch_size if d.labelled_per_batch is None else d.labelled_per_batch
+        dataset = dataset.with_labelled(d.labelled, d.seed, per_batch=per_batch)
     return dataset
+
+
+#: the record of a run's labelled subset (data.labelled): which training examples kept their label
+LABELS_RECORD = "labels.json"
+
+
+def record_labels(data: Dataset, out: Path) -> None:
+    """Write which training examples keep their label (:data:`LABELS_RECORD`: count, seed-free
+    indices, per class) and say when the count does not divide among the classes."""
+    if data.labelled is None:
+        return
+    from dgm.train.trainer import note
+
+    index = torch.nonzero(data.labelled.cpu()).flatten()
+    labels = data.labels.cpu()[index]
+    k = data.spec.num_classes or int(labels.max()) + 1
+    counts = torch.bincount(labels, minlength=k).tolist()
+    ckpt.save_json({"count": len(index), "per_class": counts, "labelled_per_batch": data.labelled_per_batch,
+                    "indices": index.tolist()}, out / LABELS_RECORD)
+    if len(set(counts)) > 1:
+        more = [c for c in range(k) if counts[c] == max(counts)]
+        note(f"{len(index)} labels do not divide among {k} classes: classes {more[0]}-{more[-1]} keep "
+             f"{max(counts)} each, the others {min(counts)} (the list is in {out / LABELS_RECORD})")
 
 
 def representation_for(config: RunConfig, spec: DataSpec) -> str:
@@ -177,6 +204,8 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[
     # trainer caps it at the size of a small split)
     config.train = trainer.config
     ckpt.save_json(config.to_json(data.spec), out / ckpt.CONFIG)
+    if not resume:
+        record_labels(data, out)
     trainer.fit(resume=resume)
     if trainer.ema is not None:
         model.load_state_dict(trainer.ema.shadow)

@@ -1,5 +1,5 @@
-"""Apps: the uses of a trained model (restoration today; completion, semi-supervised
-classification, compression and probes next).
+"""Apps: the uses of a trained model (restoration, semi-supervised classification, attribute
+manipulation; compression and probes next).
 
 An app names the capabilities it needs (:func:`dgm.models.capabilities`), adds its own ``dgm``
 subcommand and its own figures to the report, and works for every model that has those
@@ -25,6 +25,7 @@ class App:
     name: ClassVar[str]
     description: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset()  # capabilities the model must have
+    requires_any: ClassVar[frozenset[str]] = frozenset()  # ... and at least one of these (when given)
 
     def add_arguments(self, parser: argparse.ArgumentParser, model_class: type[GenerativeModel] | None) -> None:
         """Flags of ``dgm NAME RUN ...`` beyond RUN, --seed and --quiet; ``model_class`` is the class
@@ -34,14 +35,23 @@ class App:
         """Do the app's work for the command line; returns the line to print (what was written where)."""
         raise NotImplementedError
 
-    def report_figures(self, model: GenerativeModel, examples: Tensor, *,
+    def report_figures(self, model: GenerativeModel, examples: Tensor, *, labels: Tensor | None = None,
                        generator: torch.Generator | None = None) -> list[tuple[str, Tensor, int, str]]:
         """Figures for the run's report: ``(title, images (N, *shape) in the data representation,
-        images per row, caption)`` each, drawn on test ``examples``; none by default."""
+        images per row, caption)`` each, drawn on test ``examples`` (with their ``labels`` (N,) where
+        the data has them); none by default."""
         return []
 
     def supports(self, model: GenerativeModel | type[GenerativeModel]) -> bool:
-        return self.requires <= capabilities(model)
+        have = capabilities(model)
+        return self.requires <= have and (not self.requires_any or bool(have & self.requires_any))
+
+    def needs(self) -> str:
+        """What a model needs to run this app, in words (``"encode and decode"``, ``"classify or encode"``)."""
+        parts = [" and ".join(sorted(self.requires))] if self.requires else []
+        if self.requires_any:
+            parts.append(" or ".join(sorted(self.requires_any)))
+        return ", and ".join(parts) or "nothing"
 
 
 APPS: dict[str, App] = {}
@@ -56,13 +66,13 @@ def register_app(cls: type[App]) -> type[App]:
 
 def apps_for(model: GenerativeModel | type[GenerativeModel]) -> list[App]:
     """The registered apps that ``model`` can run."""
-    import dgm.apps.restoration  # noqa: F401  (registers the built-in apps)
+    import dgm.apps.classify, dgm.apps.manipulate, dgm.apps.restoration  # noqa: F401  (registers the built-in apps)
 
     return [app for app in APPS.values() if app.supports(model)]
 
 
 def iter_apps() -> list[App]:
-    import dgm.apps.restoration  # noqa: F401
+    import dgm.apps.classify, dgm.apps.manipulate, dgm.apps.restoration  # noqa: F401
 
     return list(APPS.values())
 

@@ -224,7 +224,8 @@ class Restoration(App):
         restore_to_picture(model, view, out, seed=args.seed, progress=not args.quiet, **options)
         return f"{args.task}: the input, then {args.n} restorations -> {out}"
 
-    def report_figures(self, model, examples: Tensor, *, generator: torch.Generator | None = None):  # noqa: ANN001, ANN201
+    def report_figures(self, model, examples: Tensor, *, labels: Tensor | None = None,
+                       generator: torch.Generator | None = None):  # noqa: ANN001, ANN201
         spec = model.spec
         if spec.levels is None:
             return []

@@ -186,6 +186,8 @@ class Dataset:
         self.labelled = labelled
         self.lengths = lengths
         self.factors = factors
+        # labelled examples added to every shuffled batch of a partly labelled split (with_labelled)
+        self.labelled_per_batch = 0
         self._static: Tensor | None = None  # the fixed binarization, made on first use
 
     def __len__(self) -> int:
@@ -204,8 +206,10 @@ class Dataset:
         def g(t: Tensor | None) -> Tensor | None:
             return None if t is None else f(t)
 
-        return Dataset(f(self.raw), g(self.labels), spec or self.spec, train=self.train,
-                       labelled=g(self.labelled), lengths=g(self.lengths), factors=g(self.factors))
+        out = Dataset(f(self.raw), g(self.labels), spec or self.spec, train=self.train,
+                      labelled=g(self.labelled), lengths=g(self.lengths), factors=g(self.factors))
+        out.labelled_per_batch = self.labelled_per_batch
+        return out
 
     def to(self, device: str | torch.device) -> Dataset:
         """The same split with its tensors on ``device``."""
@@ -220,8 +224,18 @@ class Dataset:
         """The first ``n`` examples (deterministic; for quick runs and evaluation budgets)."""
         return self._map(lambda t: t[:n])
 
-    def with_labelled(self, n: int, seed: int) -> Dataset:
+    def subset_where(self, keep: Tensor) -> Dataset:
+        """The examples where the ``(N,)`` bool ``keep`` is true, in order (e.g. the labelled ones)."""
+        return self._map(lambda t: t[keep.to(t.device)])
+
+    def with_labelled(self, n: int, seed: int, *, per_batch: int = 0) -> Dataset:
         """This split with the labels of only ``n`` examples kept, the same number per class.
+
+        With ``per_batch`` > 0, every shuffled batch (training) also carries ``min(per_batch, n)``
+        labelled examples, appended after the batch's own, drawn in turn from a fresh permutation of
+        the labelled subset each time it runs out: with 100 labels among 60000 examples a batch
+        would otherwise hold a labelled example once in five batches (Kingma et al. 2014 train on
+        a labelled and an unlabelled minibatch each step).
 
         The kept examples are drawn with ``seed`` (:func:`dgm.data.labels.balanced_labelled`: ``n //
         K`` per class, and one more for the first ``n mod K`` classes); the other labels become
@@ -237,8 +251,10 @@ class Dataset:
         known = balanced_labelled(self.labels, self.labelled, n, seed, num_classes=self.spec.num_classes,
                                   class_names=self.spec.class_names, name=self.spec.name)
         labels = torch.where(known, self.labels, torch.full_like(self.labels, UNLABELLED))
-        return Dataset(self.raw, labels, self.spec, train=self.train, labelled=known,
-                       lengths=self.lengths, factors=self.factors)
+        out = Dataset(self.raw, labels, self.spec, train=self.train, labelled=known,
+                      lengths=self.lengths, factors=self.factors)
+        out.labelled_per_batch = min(per_batch, n)
+        return out
 
     # --- representations --------------------------------------------------------------------------
     def present(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -288,12 +304,26 @@ class Dataset:
         order = (torch.randperm(n, generator=generator, device="cpu") if shuffle
                  else torch.arange(n)).to(self.device)
         stop = n - n % batch_size if drop_last else n
+        extra = self.labelled_per_batch if shuffle and self.labelled is not None else 0
+        if extra:  # the labelled examples every batch carries, drawn for the whole pass up front
+            stream = self._labelled_stream(extra * len(range(0, stop, batch_size)), generator)
         for i, lo in enumerate(range(0, stop, batch_size)):
             index = order[lo:lo + batch_size]
+            if extra:
+                index = torch.cat([index, stream[i * extra:(i + 1) * extra]])
             x = self.present(index, generator)
             if i < start:
                 continue
             yield self._batch(x, index)
+
+    def _labelled_stream(self, count: int, generator: torch.Generator | None) -> Tensor:
+        """``count`` indices of labelled examples: permutations of the labelled subset one after
+        another (each example once per permutation), drawn from ``generator``."""
+        assert self.labelled is not None
+        labelled = torch.nonzero(self.labelled.cpu()).flatten()
+        rounds = -(-count // len(labelled))
+        perms = [labelled[torch.randperm(len(labelled), generator=generator, device="cpu")] for _ in range(rounds)]
+        return torch.cat(perms)[:count].to(self.device)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         n = len(self)

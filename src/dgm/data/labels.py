@@ -37,15 +37,16 @@ def balanced_labelled(labels: Tensor | None, known: Tensor | None, n: int, seed:
         DgmError: no labels, ``n`` above the number of known labels, or a class with too few.
     """
     if labels is None:
-        raise DgmError(f"dataset {name!r} has no labels to keep: drop the data.labelled setting")
+        raise DgmError(f"dataset {name!r} has no labels to keep: drop --labels (data.labelled), or use a "
+                       f"labelled dataset")
     if n < 1:
         raise DgmError(f"data.labelled must be at least 1, got {n}")
     cpu_labels = labels.cpu()
     cpu_known = torch.ones_like(cpu_labels, dtype=torch.bool) if known is None else known.cpu()
     available = int(cpu_known.sum())
     if n > available:
-        raise DgmError(f"data.labelled={n} is more than the {available} labelled examples of {name!r}: "
-                       f"pass at most {available}")
+        raise DgmError(f"--labels {n} (data.labelled) is more than the {available} labelled "
+                       f"examples of {name!r}: pass at most {available}")
     k = num_classes if num_classes is not None else int(cpu_labels[cpu_known].max()) + 1
     g = torch.Generator(device="cpu").manual_seed(seed)
     keep = torch.zeros_like(cpu_known)

@@ -5,6 +5,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -313,6 +314,21 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
                 print(f"dgm: note: {name} left out: {e}", file=sys.stderr)
     model.train(was_training)
     return results
+
+
+#: a run's evaluation results: the union of every ``dgm eval`` and app that measured it
+RESULTS_FILE = "eval.json"
+
+
+def record_results(run_dir: str | Path, results: Sequence[Result]) -> None:
+    """Add ``results`` to the run's :data:`RESULTS_FILE`, replacing earlier results of the same metrics
+    and keeping the others (one file, the union of evaluations, which the report and ``dgm compare`` read)."""
+    from dgm.train.checkpoint import load_json, save_json
+
+    path = Path(run_dir) / RESULTS_FILE
+    fresh = {r.metric for r in results}
+    kept = [r for r in load_json(path) if r.get("metric") not in fresh] if path.exists() else []
+    save_json(kept + [r.to_json() for r in results], path)
 
 
 def results_table(results: Sequence[Result]) -> str:

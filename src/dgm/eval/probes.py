@@ -74,3 +74,23 @@ def knn_accuracy(train_z: ArrayLike, train_y: ArrayLike, test_z: ArrayLike, test
                        f"{len(ztr)}: use more training examples or a smaller k (k >= 1)")
     clf = KNeighborsClassifier(n_neighbors=k).fit(ztr, ytr)
     return float(clf.score(zte, yte))
+
+
+def error_rate(predicted: ArrayLike, labels: ArrayLike, num_classes: int | None = None) -> tuple[float, list[float]]:
+    """Test error in % of ``predicted`` class indices against ``labels``, overall and per true class
+    (NaN for a class absent from ``labels``)."""
+    p, y = _as_numpy(predicted).astype(np.int64), _as_numpy(labels).astype(np.int64)
+    if p.shape != y.shape or p.ndim != 1 or len(y) == 0:
+        raise DgmError(f"need one predicted class per label, got {p.shape} predictions for {y.shape} labels")
+    k = num_classes or int(max(p.max(), y.max())) + 1
+    wrong = p != y
+    per_class = [float(100 * wrong[y == c].mean()) if (y == c).any() else float("nan") for c in range(k)]
+    return float(100 * wrong.mean()), per_class
+
+
+def labelled_probe_error(train_z: ArrayLike, train_y: ArrayLike, test_z: ArrayLike, test_y: ArrayLike, *,
+                         seed: int = 0) -> float:
+    """Test error in % of the :func:`linear_probe` fit on the codes of the labelled training examples
+    alone: a representation's semi-supervised classifier (Kingma et al. 2014's M1 + a classifier), to
+    compare with a model's own q(y|x) at the same number of labels."""
+    return 100 * (1 - linear_probe(train_z, train_y, test_z, test_y, seed=seed))

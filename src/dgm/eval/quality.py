@@ -197,6 +197,8 @@ def latent_means(model: GenerativeModel, data: Dataset, limit: int = PROBE_EXAMP
 
 def codes(model: GenerativeModel, ctx: EvalContext, split: str) -> tuple[Tensor, Tensor]:
     data = ctx.data if split == "test" else require_train(ctx)
+    if data.labelled is not None:  # partly labelled (--labels): a probe learns from the known labels only
+        data = data.subset_where(data.labelled)
     return ctx.once(f"codes-{split}", lambda: latent_means(model, data, progress=ctx.progress))
 
 
@@ -233,6 +235,31 @@ def knn_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     test_z, test_y = codes(model, ctx, "test")
     accuracy = knn_accuracy(train_z, train_y, test_z, test_y, k=5)
     return [Result("knn", 100 * accuracy, "%", f"5-NN on E[z|x], {len(train_z)} train codes", ctx.split)]
+
+
+def class_predictions(model: GenerativeModel, data: Dataset, *, progress: bool = False) -> tuple[Tensor, Tensor]:
+    """The model's own classifier's predictions argmax q(y|x) on ``data`` and the true labels, ``(N,)`` each."""
+    predicted, labels = [], []
+    bar = progress_bar(data.batches(500), enabled=progress, total=data.num_batches(500), desc="classifying")
+    for batch in bar:
+        predicted.append(model.classify(batch.x).argmax(-1).cpu())
+        labels.append(batch.y.cpu())
+    return torch.cat(predicted), torch.cat(labels)
+
+
+def classification_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
+    x = ctx.data.tensors(8).x
+    return Plan(f"q(y|x) on {len(ctx.data)} examples", [Work("classify", len(ctx.data), lambda n: model.classify(x[:n]))])
+
+
+@metric("classification_error", requires=("classify",), data=needs_labels, plan=classification_plan,
+        description="test error of the model's own classifier, argmax q(y|x) (semi-supervised models)")
+def classification_error(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    from dgm.eval.probes import error_rate
+
+    predicted, labels = class_predictions(model, ctx.data, progress=ctx.progress)
+    error, per_class = error_rate(predicted, labels, model.spec.num_classes)
+    return [Result("classification_error", error, "%", "argmax q(y|x)", ctx.split, {"per_class": per_class})]
 
 
 @metric("memorization", requires=("sample",), data=needs_images, default=False,

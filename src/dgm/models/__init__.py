@@ -13,6 +13,7 @@ from dgm.models.base import (
     Stage,
     capabilities,
     capability,
+    fits_in_closed_form,
     create,
     model_class,
     register,
@@ -21,6 +22,8 @@ from dgm.models import diffusion, gan, vae  # noqa: F401  (registers "vae", "gan
 from dgm.models import autoregressive, dct_transformer, pixel  # noqa: F401  (NADE, MADE, the pixel models, the DCT transformer)
 from dgm.models import flows  # noqa: F401  (NICE, RealNVP, Glow, MAF, IAF, spline flows)
 from dgm.models import set_flow  # noqa: F401  (registers "set-flow", the exchangeable flow over point sets)
+from dgm.models import classical  # noqa: F401  (PPCA, factor analysis, the Gaussian mixture)
+from dgm.models import conditional_vae, semisupervised  # noqa: F401  (CVAE, CSVAE; M2, M1+M2, the partially supervised VAE)
 
 __all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "Stage", "capabilities", "capability",
-           "create", "model_class", "register"]
+           "create", "fits_in_closed_form", "model_class", "register"]

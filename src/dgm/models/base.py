@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from dgm.data.core import Batch, DataSpec
+from dgm.data.core import Batch, DataSpec, Dataset
 from dgm.errors import DgmError, unknown_name
 from dgm.settings import check, coerce, type_hints
 
@@ -214,6 +214,15 @@ class GenerativeModel(nn.Module):
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         raise NotImplementedError
 
+    def fit(self, data: Dataset, *, generator: torch.Generator, progress: bool = False) -> dict[str, float]:
+        """Fit the model to the whole training split ``data`` in closed form or by EM, instead of by
+        gradient steps (PPCA's eigendecomposition, factor analysis, a Gaussian mixture): a model that
+        overrides this is fitted by one call, which the trainer makes in place of its loop (see
+        :func:`fits_in_closed_form`). ``generator`` draws any noise (dequantization of the data,
+        initialisation); returns the numbers to log, e.g. ``{"train_log_likelihood": ..., "iterations": ...}``.
+        Its :meth:`loss` still works (the negative log-likelihood), so gradients reach its parameters."""
+        raise NotImplementedError
+
     def monitors(self) -> dict[str, dict[str, Any]]:
         """Diagnostics to log during training, by the name of a monitor registered in :mod:`dgm.eval`
         (:func:`dgm.eval.register_monitor`) with its options, e.g. ``{"duality_gap": {"every": 5}}``.
@@ -372,10 +381,18 @@ def capabilities(model: GenerativeModel | type[GenerativeModel]) -> set[str]:
     if {"encode", "decode"} <= have:
         have.add("reconstruct")
     have |= {name for klass in cls.__mro__ for name, value in vars(klass).items()
-             if getattr(getattr(value, "__wrapped__", value), "_capability", None) == name}
+             if name in (getattr(value, "_capability", None),  # marked outside another decorator
+                         getattr(getattr(value, "__wrapped__", None), "_capability", None))}  # or inside
     if not isinstance(model, type):  # an instance: less what its configuration withholds
         have -= set(model.withheld_capabilities())
     return have
+
+
+def fits_in_closed_form(model: GenerativeModel | type[GenerativeModel]) -> bool:
+    """Whether ``model`` is fitted by one call of :meth:`GenerativeModel.fit` rather than trained by
+    gradient steps (its class overrides ``fit``)."""
+    cls = model if isinstance(model, type) else type(model)
+    return cls.fit is not GenerativeModel.fit
 
 
 # --- registry -------------------------------------------------------------------------------------

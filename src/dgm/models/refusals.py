@@ -30,6 +30,13 @@ def refuse_all_but_points(model: str, spec: DataSpec) -> None:
                        f"others), but {spec.name!r} has {spec.shape[-1]}: use points in 2-D or more")
 
 
+def refuse_unlabelled(model: str, spec: DataSpec) -> None:
+    """Raise when ``spec`` has no class labels, which ``model`` learns from."""
+    if not spec.num_classes:
+        raise DgmError(f"model {model!r} learns from class labels, and {spec.name!r} has none: use a labelled "
+                       f"dataset such as fashion-mnist or digits")
+
+
 def refuse_partial_labels(model: str, batch: Batch, what: str) -> None:
     """Raise when ``batch`` carries only some labels (``data.labelled``) and ``model`` (``what``:
     why it needs them) reads every example's label. Reads no tensor: no host synchronisation."""

@@ -34,7 +34,7 @@ from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, randn, register
 from dgm.models.refusals import refuse_variable_length
 from dgm.settings import NonNegativeFloat, NonNegativeInt, PositiveInt
-from dgm.nn import LIKELIHOODS, MLP, ConvDecoder, ConvEncoder, make_likelihood
+from dgm.nn import LIKELIHOODS, MLP, ConvDecoder, ConvEncoder, Likelihood, make_likelihood
 from dgm.nn.distributions import normal_log_prob
 
 
@@ -62,6 +62,14 @@ class VAEConfig:
     sample_mean: bool = True  # sample() returns the decoder mean E[x|z] (the usual picture); False draws x~p(x|z)
 
 
+def likelihood_of(config: VAEConfig, spec: DataSpec) -> Likelihood:
+    """The observation likelihood p(x|z) a VAE-like config names (``likelihood``, with its
+    ``gaussian_scale`` or ``mixture_components``), over data described by ``spec``."""
+    options = {"logistic-mixture": {"components": config.mixture_components},
+               "gaussian": {"scale": config.gaussian_scale}}.get(config.likelihood, {})
+    return make_likelihood(config.likelihood, spec, **options)
+
+
 @register
 class VAE(GenerativeModel):
     """Variational autoencoder with a Gaussian posterior, a standard normal prior and any of the
@@ -85,9 +93,7 @@ class VAE(GenerativeModel):
         if config.iwae_k > 1 and (config.beta != 1 or config.free_bits or config.kl_warmup_steps):
             raise DgmError("the IWAE objective (iwae_k > 1) is a bound on log p(x) and takes no beta, "
                            "free_bits or kl_warmup_steps: set those back to their defaults")
-        options = {"logistic-mixture": {"components": config.mixture_components},
-                   "gaussian": {"scale": config.gaussian_scale}}.get(config.likelihood, {})
-        self.likelihood = make_likelihood(config.likelihood, spec, **options)
+        self.likelihood = likelihood_of(config, spec)
         out_shape = self.likelihood.params_shape
         d = config.latent_dim
         if config.network == "conv":

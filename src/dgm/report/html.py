@@ -198,7 +198,9 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
         drawers.append(lambda: [density_figure(model, test, generator)])
     if not spec.is_image:
         return drawers
-    x = test.tensors(16).x.to(model.device)  # (16, C, H, W)
+    batch = test.tensors(16)
+    x = batch.x.to(model.device)  # (16, C, H, W)
+    y = None if batch.y is None else batch.y.to(model.device)  # (16,) where the data has labels
     if "reconstruct" in have:
         def reconstructions() -> list[Figure]:
             with torch.inference_mode():
@@ -214,7 +216,7 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
     for app in apps_for(model):  # each use of the model draws its own figures
         def app_figures(app=app) -> list[Figure]:  # noqa: ANN001
             with torch.inference_mode():
-                drawn = app.report_figures(model, x, generator=generator)
+                drawn = app.report_figures(model, x, labels=y, generator=generator)
             return [Figure(title, grid(pictures, columns), caption, pixelated=True)
                     for title, pictures, columns, caption in drawn]
 

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from dgm.data.core import Dataset
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Phase, Progress, Stage, capabilities
+from dgm.models.base import GenerativeModel, Phase, Progress, Stage, capabilities, fits_in_closed_form
 from dgm.train import checkpoint as ckpt
 from dgm.settings import Decay, check, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from dgm.train.ema import EMA
@@ -316,6 +316,8 @@ class Trainer:
         """
         if resume:
             self.load_checkpoint()
+        if fits_in_closed_form(self.model):
+            return self._fit_closed_form()
         self._checked_step = self.position.step  # a checkpoint holds finite losses only
         self._saved_at = self.clock()
         c, pos = self.config, self.position
@@ -379,6 +381,24 @@ class Trainer:
             self._restore_requires_grad()
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
+        return pos.history
+
+    def _fit_closed_form(self) -> list[dict[str, float]]:
+        """Fit a model that is fitted in one call (:meth:`GenerativeModel.fit`: PPCA, factor analysis,
+        a mixture by EM) on the whole split, in place of the loop: one row of its numbers, the sample
+        grid and the checkpoint, as at an epoch's end. ``train.epochs`` means nothing to such a fit."""
+        pos = self.position
+        if pos.epoch >= 1:  # resumed after the fit: nothing left to do
+            return pos.history
+        if self.config.epochs != 1:
+            self.config = replace(self.config, epochs=1)
+        self.model.train()
+        try:
+            numbers = self.model.fit(self.data, generator=self.data_rng, progress=self.config.progress)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"interrupted while fitting {self.model.name!r}; nothing was saved: "
+                                      f"run the command again") from None
+        self._end_epoch_with({k: float(v) for k, v in numbers.items()})
         return pos.history
 
     def request_stop(self) -> None:
@@ -507,9 +527,13 @@ class Trainer:
         return bar
 
     def _end_epoch(self) -> None:
+        self._end_epoch_with({})
+
+    def _end_epoch_with(self, extra: dict[str, float]) -> None:
+        """End the epoch: callbacks, the last row (with ``extra`` numbers), samples, the checkpoint."""
         self._check_finite()  # before the callbacks sample from the weights
         pos = self.position
-        extra: dict[str, float] = {}
+        extra = dict(extra)
         for callback in self.callbacks:
             hook = getattr(callback, "on_epoch_end", None)
             extra.update((hook(self, pos.epoch) if hook else None) or {})
