@@ -79,6 +79,7 @@ def test_labels_flag_records_the_subset_and_says_when_it_does_not_divide(tmp_pat
 @pytest.mark.parametrize("argv, says", [
     (["--data", "digits", "--labels", "5000"], "--labels 5000 (data.labelled) is more than the 1437 labelled examples"),
     (["--data", "moons", "--labels", "10"], "has no labels to keep: drop --labels"),
+    (["--data", "digits", "--labels", "5"], "leaves 5 of the 10 classes of 'digits' without a labelled example"),
 ])
 def test_bad_labels_get_one_line(argv, says, tmp_path, capsys):
     assert main(["train", "vae", *argv, "--out", str(tmp_path / "r"), "--quiet"]) == 2
@@ -215,3 +216,19 @@ def test_classify_app_refuses_a_model_that_can_neither_classify_nor_encode(tmp_p
     capsys.readouterr()
     assert main(["classify", str(out)]) == 2
     assert "needs classify or encode" in capsys.readouterr().err
+
+
+def test_one_command_compares_a_model_classifier_and_a_probe_on_the_same_labels(tmp_path, capsys):
+    """M2's own q(y|x) and a BiGAN's encoder with a probe, each trained with the same 30 labels:
+    `dgm classify` scores both, and `dgm compare` ranks them on the one classification_error."""
+    for model, settings in (("m2", ["--set", "model.hidden=32", "--set", "model.latent_dim=4"]),
+                            ("bigan", ["--set", "model.hidden=32"])):
+        out = str(tmp_path / model)
+        assert main(["train", model, "--data", "digits", "--labels", "30", "--epochs", "1", "--out", out, "--quiet",
+                     "--set", "train.max_steps_per_epoch=3", *settings]) == 0
+        assert main(["classify", out, "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "argmax q(y|x), 30 labels" in lines[0] and "logistic regression on E[z|x] of 30 labelled" in lines[1]
+    assert main(["compare", str(tmp_path / "m2"), str(tmp_path / "bigan")]) == 0
+    table = capsys.readouterr().out
+    assert "classification_error" in table and "m2" in table and "bigan" in table

@@ -48,6 +48,9 @@ def balanced_labelled(labels: Tensor | None, known: Tensor | None, n: int, seed:
         raise DgmError(f"--labels {n} (data.labelled) is more than the {available} labelled "
                        f"examples of {name!r}: pass at most {available}")
     k = num_classes if num_classes is not None else int(cpu_labels[cpu_known].max()) + 1
+    if n < k:  # a class without one labelled example could never be told from the others by its label
+        raise DgmError(f"--labels {n} (data.labelled) leaves {k - n} of the {k} classes of {name!r} without a "
+                       f"labelled example: pass at least {k}, one per class")
     g = torch.Generator(device="cpu").manual_seed(seed)
     keep = torch.zeros_like(cpu_known)
     for c, need in enumerate(per_class(n, k)):
