@@ -59,7 +59,7 @@ def train_supervised(labels: int, args: argparse.Namespace) -> tuple[float, floa
     train, test = run.load_data(config, "train"), run.load_data(config, "test")
     torch.manual_seed(args.seed)
     classifier = run.build_model(config, train.spec).classifier  # the same layers as M2's q(y|x)
-    labelled = train.subset_where(train.labelled)
+    labelled = train.known_labels()
     steps = args.epochs * train.num_batches(config.train.batch_size, drop_last=True)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=config.train.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed)

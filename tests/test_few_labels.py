@@ -195,7 +195,7 @@ def test_classify_app_probes_an_encoder_on_the_run_labels_and_records_the_error(
 
     model, (config, _) = load(out), read_config(out)
     train = load_data(config, "train")
-    train = train.subset_where(train.labelled)
+    train = train.known_labels()
     test = load_data(config, "test")
     torch.manual_seed(0)  # the app's --seed: the binarization of the training examples
     with torch.inference_mode():

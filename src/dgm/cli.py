@@ -263,8 +263,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     probes), write the report."""
     from dgm import run
     from dgm.eval import evaluate, results_table
+    from dgm.eval.core import record_results
     from dgm.report import write_report
-    from dgm.train.checkpoint import save_json
 
     out = Path(args.out)
     if (out / "config.json").exists():
@@ -281,7 +281,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     results = evaluate(model, test, ["nll", "elbo", "posterior_collapse", "fid", "kid", "precision_recall",
                                      "linear_probe", "knn"], train=run.load_data(config, "train"), k=1000,
                        progress=not args.quiet)
-    save_json([r.to_json() for r in results], out / "eval.json")
+    record_results(out, results)
     print(results_table(results))
     report = write_report(out, model, test, progress=not args.quiet)
     print(f"report: {report.resolve()}")

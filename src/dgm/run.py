@@ -126,8 +126,8 @@ LABELS_RECORD = "labels.json"
 
 
 def record_labels(data: Dataset, out: Path) -> None:
-    """Write which training examples keep their label (:data:`LABELS_RECORD`: count, seed-free
-    indices, per class) and say when the count does not divide among the classes."""
+    """Write which training examples keep their label (:data:`LABELS_RECORD`: the count, the count
+    per class, the indices) and say when the count does not divide among the classes."""
     if data.labelled is None:
         return
     from dgm.train.trainer import note

@@ -66,13 +66,12 @@ def register_app(cls: type[App]) -> type[App]:
 
 def apps_for(model: GenerativeModel | type[GenerativeModel]) -> list[App]:
     """The registered apps that ``model`` can run."""
-    import dgm.apps.classify, dgm.apps.manipulate, dgm.apps.restoration  # noqa: F401  (registers the built-in apps)
-
-    return [app for app in APPS.values() if app.supports(model)]
+    return [app for app in iter_apps() if app.supports(model)]
 
 
 def iter_apps() -> list[App]:
-    import dgm.apps.classify, dgm.apps.manipulate, dgm.apps.restoration  # noqa: F401
+    """Every registered app, the built-in ones included."""
+    import dgm.apps.classify, dgm.apps.manipulate, dgm.apps.restoration  # noqa: F401  (registers the built-in apps)
 
     return list(APPS.values())
 

@@ -43,9 +43,7 @@ def labelled_training_split(run_dir: str, labels: int | None):  # noqa: ANN201 (
     train = run.load_data(config, "train")
     if train.labels is None:
         raise DgmError(f"the run's data {config.data.name!r} has no labels: classification needs a labelled dataset")
-    if train.labelled is not None:
-        train = train.subset_where(train.labelled)
-    return train
+    return train.known_labels()
 
 
 def classification_result(model: GenerativeModel, run_dir: str, *, via: Via = "auto", labels: int | None = None,

@@ -168,7 +168,7 @@ class Dataset:
 
     def __init__(self, raw: Tensor, labels: Tensor | None, spec: DataSpec, *, train: bool,
                  labelled: Tensor | None = None, lengths: Tensor | None = None,
-                 factors: Tensor | None = None) -> None:
+                 factors: Tensor | None = None, labelled_per_batch: int = 0) -> None:
         if tuple(raw.shape[1:]) != spec.shape:
             raise ValueError(f"raw data of shape {tuple(raw.shape)} does not match spec shape {spec.shape}")
         for what, t in (("labels", labels), ("labelled flags", labelled), ("lengths", lengths),
@@ -187,7 +187,7 @@ class Dataset:
         self.lengths = lengths
         self.factors = factors
         # labelled examples added to every shuffled batch of a partly labelled split (with_labelled)
-        self.labelled_per_batch = 0
+        self.labelled_per_batch = labelled_per_batch
         self._static: Tensor | None = None  # the fixed binarization, made on first use
 
     def __len__(self) -> int:
@@ -206,10 +206,9 @@ class Dataset:
         def g(t: Tensor | None) -> Tensor | None:
             return None if t is None else f(t)
 
-        out = Dataset(f(self.raw), g(self.labels), spec or self.spec, train=self.train,
-                      labelled=g(self.labelled), lengths=g(self.lengths), factors=g(self.factors))
-        out.labelled_per_batch = self.labelled_per_batch
-        return out
+        return Dataset(f(self.raw), g(self.labels), spec or self.spec, train=self.train,
+                       labelled=g(self.labelled), lengths=g(self.lengths), factors=g(self.factors),
+                       labelled_per_batch=self.labelled_per_batch)
 
     def to(self, device: str | torch.device) -> Dataset:
         """The same split with its tensors on ``device``."""
@@ -224,8 +223,12 @@ class Dataset:
         """The first ``n`` examples (deterministic; for quick runs and evaluation budgets)."""
         return self._map(lambda t: t[:n])
 
-    def subset_where(self, keep: Tensor) -> Dataset:
-        """The examples where the ``(N,)`` bool ``keep`` is true, in order (e.g. the labelled ones)."""
+    def known_labels(self) -> Dataset:
+        """The examples whose label is known, in order: of a partly labelled split (:meth:`with_labelled`)
+        the labelled ones; the split itself when every label is known."""
+        if self.labelled is None:
+            return self
+        keep = self.labelled
         return self._map(lambda t: t[keep.to(t.device)])
 
     def with_labelled(self, n: int, seed: int, *, per_batch: int = 0) -> Dataset:
@@ -251,10 +254,8 @@ class Dataset:
         known = balanced_labelled(self.labels, self.labelled, n, seed, num_classes=self.spec.num_classes,
                                   class_names=self.spec.class_names, name=self.spec.name)
         labels = torch.where(known, self.labels, torch.full_like(self.labels, UNLABELLED))
-        out = Dataset(self.raw, labels, self.spec, train=self.train, labelled=known,
-                      lengths=self.lengths, factors=self.factors)
-        out.labelled_per_batch = min(per_batch, n)
-        return out
+        return Dataset(self.raw, labels, self.spec, train=self.train, labelled=known,
+                       lengths=self.lengths, factors=self.factors, labelled_per_batch=min(per_batch, n))
 
     # --- representations --------------------------------------------------------------------------
     def present(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -320,15 +320,22 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
 RESULTS_FILE = "eval.json"
 
 
+def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The results recorded in the run's :data:`RESULTS_FILE` (as JSON objects); none before an evaluation."""
+    from dgm.train.checkpoint import load_json
+
+    path = Path(run_dir) / RESULTS_FILE
+    return load_json(path) if path.exists() else []
+
+
 def record_results(run_dir: str | Path, results: Sequence[Result]) -> None:
     """Add ``results`` to the run's :data:`RESULTS_FILE`, replacing earlier results of the same metrics
     and keeping the others (one file, the union of evaluations, which the report and ``dgm compare`` read)."""
-    from dgm.train.checkpoint import load_json, save_json
+    from dgm.train.checkpoint import save_json
 
-    path = Path(run_dir) / RESULTS_FILE
     fresh = {r.metric for r in results}
-    kept = [r for r in load_json(path) if r.get("metric") not in fresh] if path.exists() else []
-    save_json(kept + [r.to_json() for r in results], path)
+    kept = [r for r in read_results(run_dir) if r.get("metric") not in fresh]
+    save_json(kept + [r.to_json() for r in results], Path(run_dir) / RESULTS_FILE)
 
 
 def results_table(results: Sequence[Result]) -> str:

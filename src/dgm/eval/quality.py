@@ -197,8 +197,7 @@ def latent_means(model: GenerativeModel, data: Dataset, limit: int = PROBE_EXAMP
 
 def codes(model: GenerativeModel, ctx: EvalContext, split: str) -> tuple[Tensor, Tensor]:
     data = ctx.data if split == "test" else require_train(ctx)
-    if data.labelled is not None:  # partly labelled (--labels): a probe learns from the known labels only
-        data = data.subset_where(data.labelled)
+    data = data.known_labels()  # partly labelled (--labels): a probe learns from the known labels only
     return ctx.once(f"codes-{split}", lambda: latent_means(model, data, progress=ctx.progress))
 
 

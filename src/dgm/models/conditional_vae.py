@@ -57,7 +57,7 @@ from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Phase, Progress, capability, randint, randn, register
 from dgm.models.refusals import class_labels, refuse_partial_labels, refuse_unlabelled, refuse_variable_length
-from dgm.models.vae import PADDING_REASON, VAE, VAEConfig, likelihood_of
+from dgm.models.vae import PADDING_REASON, VAE, VAEConfig, emit, likelihood_of
 from dgm.nn import MLP, normal_kl
 from dgm.settings import NonNegativeFloat, PositiveFloat, PositiveInt, Range
 
@@ -221,8 +221,7 @@ class CVAE(ClassConditional, VAE):
         y = self.classes(condition, n, generator)
         z = randn((n, self.config.latent_dim), like=torch.empty(0, device=self.device), generator=generator)
         params = self.decoder_params(torch.cat([z, self.one_hot(y)], -1))
-        return self.likelihood.mean(params) if self.config.sample_mean else \
-            self.likelihood.sample(params, generator=generator)
+        return emit(self.likelihood, params, mean=self.config.sample_mean, generator=generator)
 
     def report_figures(self, *, generator: torch.Generator | None = None) -> list[tuple[str, Tensor, int, str]]:
         k = self.num_classes
@@ -368,8 +367,7 @@ class CSVAE(ClassConditional):
         w = VAE.reparameterize(*self.w_prior(y), generator)
         z = randn((n, self.config.latent_dim), like=w, generator=generator)
         params = self.decoder_params(torch.cat([w, z], -1))
-        return self.likelihood.mean(params) if self.config.sample_mean else \
-            self.likelihood.sample(params, generator=generator)
+        return emit(self.likelihood, params, mean=self.config.sample_mean, generator=generator)
 
     def report_figures(self, *, generator: torch.Generator | None = None) -> list[tuple[str, Tensor, int, str]]:
         k = self.num_classes

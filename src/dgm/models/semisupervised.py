@@ -58,7 +58,7 @@ from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Phase, Progress, Stage, capability, randint, randn, register
 from dgm.models.refusals import class_labels, refuse_unlabelled
-from dgm.models.vae import VAE, VAEConfig, likelihood_of
+from dgm.models.vae import VAE, VAEConfig, emit, likelihood_of
 from dgm.nn import MLP, Likelihood, make_likelihood
 from dgm.nn.distributions import normal_log_prob
 from dgm.nn.likelihoods import sample_categorical
@@ -315,13 +315,9 @@ class SemiSupervised(GenerativeModel):
         return self.decoded_mean(self.code(v, source), target)
 
     # --- generation -------------------------------------------------------------------------------
-    def emit(self, likelihood: Likelihood, params: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Data from a likelihood's parameters: its mean (``sample_mean``), or a draw."""
-        return likelihood.mean(params) if self.config.sample_mean else likelihood.sample(params, generator)
-
     def generate(self, z: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
         """Data ``(B, *spec.shape)`` from codes ``z`` of classes ``y``."""
-        return self.emit(self.likelihood, self.decoder_params(z, y), generator)
+        return emit(self.likelihood, self.decoder_params(z, y), mean=self.config.sample_mean, generator=generator)
 
     def decoded_mean(self, z: Tensor, y: Tensor) -> Tensor:
         """The decoder's mean ``(B, *spec.shape)`` for codes ``z`` of classes ``y``."""
@@ -492,7 +488,7 @@ class M1M2(M2):
     # --- generation through M1's decoder ------------------------------------------------------------
     def generate(self, z: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
         z1 = self.likelihood.sample(self.decoder_params(z, y), generator)  # z1 ~ p(z1 | y, z2)
-        return self.emit(self.m1.likelihood, self.m1.decoder_params(z1), generator)
+        return emit(self.m1.likelihood, self.m1.decoder_params(z1), mean=self.config.sample_mean, generator=generator)
 
     def decoded_mean(self, z: Tensor, y: Tensor) -> Tensor:
         return self.m1.decode(super().decoded_mean(z, y))

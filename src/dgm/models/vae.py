@@ -70,6 +70,12 @@ def likelihood_of(config: VAEConfig, spec: DataSpec) -> Likelihood:
     return make_likelihood(config.likelihood, spec, **options)
 
 
+def emit(likelihood: Likelihood, params: Tensor, *, mean: bool, generator: torch.Generator | None) -> Tensor:
+    """What a VAE-like model shows for decoder parameters ``params``: the likelihood's mean E[x|z]
+    (``mean``, the config's ``sample_mean``: the usual picture) or a draw x ~ p(x|z) from ``generator``."""
+    return likelihood.mean(params) if mean else likelihood.sample(params, generator=generator)
+
+
 @register
 class VAE(GenerativeModel):
     """Variational autoencoder with a Gaussian posterior, a standard normal prior and any of the
@@ -204,6 +210,4 @@ class VAE(GenerativeModel):
         if condition is not None:
             raise DgmError("the VAE is unconditional: drop the condition (the conditional VAE is its own model)")
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
-        params = self.decoder_params(z)
-        return self.likelihood.mean(params) if self.config.sample_mean else \
-            self.likelihood.sample(params, generator=generator)
+        return emit(self.likelihood, self.decoder_params(z), mean=self.config.sample_mean, generator=generator)

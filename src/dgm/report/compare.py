@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dgm.errors import DgmError
+from dgm.eval.core import read_results
 
 MISSING = "–"
 
@@ -43,9 +44,8 @@ def collect(run_dirs: list[Path]) -> list[RunRow]:
     rows = []
     for run in run_dirs:
         config = json.loads((run / "config.json").read_text())
-        results_file = run / "eval.json"
-        results = json.loads(results_file.read_text()) if results_file.exists() else []
-        rows.append(RunRow(str(run), config.get("model", "?"), config.get("data", {}).get("name", "?"), results))
+        rows.append(RunRow(str(run), config.get("model", "?"), config.get("data", {}).get("name", "?"),
+                           read_results(run)))
     return rows
 
 

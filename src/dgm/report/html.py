@@ -24,6 +24,7 @@ from PIL import Image
 
 from dgm.apps import apps_for
 from dgm.data.core import Dataset, to_unit
+from dgm.eval.core import read_results
 from dgm.models.base import GenerativeModel, capabilities
 from dgm.data.pictures import decode_tokens, sample_picture
 from dgm.io import images
@@ -298,7 +299,7 @@ def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, 
     """
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
-    results = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").exists() else []
+    results = read_results(run_dir)
     have = capabilities(model)
     spec = model.spec
     parts = [f"<h1>{html.escape(model.name)} on {html.escape(spec.name)}</h1>",

@@ -149,6 +149,8 @@ class Trainer:
         self.phases: list[Phase] = [p for s in self.stages for p in s.phases]  # of every stage
         self._stage_of = {p.name: s for s in self.stages for p in s.phases}
         self._check_stages()
+        if fits_in_closed_form(model) and self.config.epochs != 1:  # one fit, whatever train.epochs says
+            self.config = replace(self.config, epochs=1)
         self._refuse_unused_settings()
         config = self.config  # with the epochs the stages resolved
         # a stage freezes the others' parameters while it trains; fit() gives these flags back
@@ -386,19 +388,17 @@ class Trainer:
     def _fit_closed_form(self) -> list[dict[str, float]]:
         """Fit a model that is fitted in one call (:meth:`GenerativeModel.fit`: PPCA, factor analysis,
         a mixture by EM) on the whole split, in place of the loop: one row of its numbers, the sample
-        grid and the checkpoint, as at an epoch's end. ``train.epochs`` means nothing to such a fit."""
+        grid and the checkpoint, as at an epoch's end (the run has one epoch: see ``__init__``)."""
         pos = self.position
         if pos.epoch >= 1:  # resumed after the fit: nothing left to do
             return pos.history
-        if self.config.epochs != 1:
-            self.config = replace(self.config, epochs=1)
         self.model.train()
         try:
             numbers = self.model.fit(self.data, generator=self.data_rng, progress=self.config.progress)
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"interrupted while fitting {self.model.name!r}; nothing was saved: "
                                       f"run the command again") from None
-        self._end_epoch_with({k: float(v) for k, v in numbers.items()})
+        self._end_epoch({k: float(v) for k, v in numbers.items()})
         return pos.history
 
     def request_stop(self) -> None:
@@ -526,14 +526,11 @@ class Trainer:
             bar.set_postfix_str(self._postfix, refresh=False)
         return bar
 
-    def _end_epoch(self) -> None:
-        self._end_epoch_with({})
-
-    def _end_epoch_with(self, extra: dict[str, float]) -> None:
-        """End the epoch: callbacks, the last row (with ``extra`` numbers), samples, the checkpoint."""
+    def _end_epoch(self, numbers: dict[str, float] | None = None) -> None:
+        """End the epoch: callbacks, the last row (with ``numbers``, e.g. a fit's), samples, the checkpoint."""
         self._check_finite()  # before the callbacks sample from the weights
         pos = self.position
-        extra = dict(extra)
+        extra = dict(numbers or {})
         for callback in self.callbacks:
             hook = getattr(callback, "on_epoch_end", None)
             extra.update((hook(self, pos.epoch) if hook else None) or {})
