@@ -106,6 +106,11 @@ def test_sprites_expose_their_factors_and_render_again_from_them():
     assert torch.equal(torch.from_numpy(sprites.render(train.factors[:50].numpy())), train.raw[:50])
     # subsets and batches keep the factors beside their examples
     assert torch.equal(train.subset(7).factors, train.factors[:7])
+    g = torch.Generator().manual_seed(0)
+    batch = next(train.batches(16, shuffle=True, generator=g))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:16]
+    assert torch.equal(batch.factors, train.factors[order]) and torch.equal(batch.y, train.labels[order])
+    assert data.load("digits").tensors(4).factors is None  # data without known factors has none
 
 
 def test_sprites_factors_change_the_image_as_documented():

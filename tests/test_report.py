@@ -229,3 +229,28 @@ def test_a_two_dimensional_density_model_gets_data_density_and_samples(tmp_path)
     assert Gaussian2d.calls > 0
     figure = density_figure(model, test, torch.Generator().manual_seed(0))
     assert figure.picture.width > 2 * figure.picture.height  # three panels side by side
+
+
+def test_latent_traversal_moves_one_dimension_per_row_over_its_test_range_and_keeps_the_rest():
+    from dgm.report.html import TRAVERSAL_STEPS, traversal
+
+    class Identity:  # encode flattens, decode unflattens: every decoded pixel is a code value
+        def encode(self, x):
+            return x.flatten(1)
+
+        def decode(self, z):
+            return z.view(-1, 1, 2, 2)
+
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randn(500, 4, generator=gen) * torch.tensor([0.1, 3.0, 1.0, 2.0])  # dim 0 barely moves
+    x = torch.randn(1, 1, 2, 2, generator=gen)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("dgm.report.html.TRAVERSAL_DIMS", 3)
+        pictures, dims = traversal(Identity(), x, codes)
+    assert dims == [1, 2, 3]  # the three that spread most, in order
+    rows = pictures.flatten(1).view(3, TRAVERSAL_STEPS, 4)
+    low, high = torch.quantile(codes, torch.tensor([0.02, 0.98]), dim=0)
+    for row, d in enumerate(dims):
+        torch.testing.assert_close(rows[row, :, d], torch.linspace(low[d].item(), high[d].item(), TRAVERSAL_STEPS))
+        kept = [i for i in range(4) if i != d]
+        assert torch.equal(rows[row][:, kept], x.flatten()[kept].expand(TRAVERSAL_STEPS, 3))

@@ -139,13 +139,16 @@ class Batch:
 
     ``labelled`` marks the examples whose label is known when only some are (semi-supervised data,
     :meth:`Dataset.with_labelled`): there ``y`` holds :data:`UNLABELLED` (-1). ``mask`` marks the
-    real tokens of padded sequences, or the real points of padded sets.
+    real tokens of padded sequences, or the real points of padded sets. ``factors`` holds the
+    generative factors of data rendered from known factors (``sprites``): an auxiliary variable for
+    the models that condition on it, and the truth the disentanglement metrics score codes against.
     """
 
     x: Tensor  # (B, *shape)
     y: Tensor | None = None  # (B,) int64
     labelled: Tensor | None = None  # (B,) bool, True where y is known; None: every y is known
     mask: Tensor | None = None  # (B, L) tokens or (B, N) points, bool, True where real; None: fixed size
+    factors: Tensor | None = None  # (B, K) int64 generative factor indices of data made from known factors
 
 
 class Dataset:
@@ -343,7 +346,8 @@ class Dataset:
         mask = None
         if self.lengths is not None:  # (B, L): position i is real when i < length
             mask = torch.arange(self.spec.shape[0], device=self.device) < self.lengths[index, None]
-        return Batch(x, y, labelled, mask)
+        factors = None if self.factors is None else self.factors[index]
+        return Batch(x, y, labelled, mask, factors)
 
 
 def uniform_noise(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:

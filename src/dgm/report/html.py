@@ -139,15 +139,39 @@ def training_plots(run_dir: Path, model: GenerativeModel, test: Dataset) -> list
 
 # --- pictures drawn from the model (cached in RUN/figures) -----------------------------------------
 def interpolation(model: GenerativeModel, x: torch.Tensor, steps: int = 10) -> torch.Tensor:
-    """Decodes of codes on straight lines between the codes of pairs of examples: rows are
-    pairs (x[2i], x[2i+1]), columns go from one end to the other. ``(pairs * steps, *shape)``."""
+    """Decodes of codes on straight lines between the codes of pairs of examples (vectors, or grids
+    such as a VQ-VAE's quantized z): rows are pairs (x[2i], x[2i+1]), columns go from one end to
+    the other. ``(pairs * steps, *shape)``."""
     with torch.inference_mode():
         z = model.encode(x)
         a, b = z[0::2], z[1::2]
         n = min(len(a), len(b))
-        t = torch.linspace(0, 1, steps, device=z.device).view(1, steps, 1)
-        path = a[:n, None] * (1 - t) + b[:n, None] * t  # (pairs, steps, latent_dim)
-        return model.decode(path.reshape(n * steps, -1))
+        t = torch.linspace(0, 1, steps, device=z.device).view(1, steps, *[1] * (z.ndim - 1))
+        path = a[:n, None] * (1 - t) + b[:n, None] * t  # (pairs, steps, *code_shape): a vector or a grid
+        return model.decode(path.flatten(0, 1))
+
+
+#: latent traversals: the dimensions shown (those whose test codes spread most), the steps along each,
+#: the test codes their ranges are read from, and the quantiles of those codes a traversal spans
+TRAVERSAL_DIMS, TRAVERSAL_STEPS, TRAVERSAL_CODES, TRAVERSAL_QUANTILES = 10, 9, 512, (0.02, 0.98)
+
+
+def traversal(model: GenerativeModel, x: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Decodes of the code of ``x`` (one example) with one dimension at a time moved along its range:
+    rows are the ``TRAVERSAL_DIMS`` dimensions whose ``codes`` (the test codes, ``(N, D)``) vary
+    most, each from the 2nd to the 98th percentile of its test codes, the others kept; with the
+    dimensions shown. The range is read from the codes, not the prior, so it also serves models
+    whose code space is not a standard normal (a BiGAN's encoder, a ladder VAE's layers)."""
+    with torch.inference_mode():
+        z = model.encode(x[:1])  # (1, D)
+        spread = codes.var(0)  # (D,)
+        dims = spread.argsort(descending=True)[:TRAVERSAL_DIMS].sort().values.tolist()
+        low, high = torch.quantile(codes.float(), torch.tensor(TRAVERSAL_QUANTILES, device=codes.device), dim=0)
+        t = torch.linspace(0, 1, TRAVERSAL_STEPS, device=z.device)
+        rows = z.repeat(len(dims) * TRAVERSAL_STEPS, 1).view(len(dims), TRAVERSAL_STEPS, -1)
+        for row, d in enumerate(dims):
+            rows[row, :, d] = low[d] + (high[d] - low[d]) * t
+        return model.decode(rows.flatten(0, 1)), dims
 
 
 #: points per side of the grid on which a 2-D model's density is drawn, and the samples drawn beside it
@@ -214,6 +238,24 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
         drawers.append(lambda: [Figure("Latent interpolation", grid(interpolation(model, x), 10),
                                        "each row decodes a straight line between the codes of two test examples",
                                        pixelated=True)])
+    if {"encode", "decode"} <= have:
+        def traversals() -> list[Figure]:
+            with torch.inference_mode():
+                codes = torch.cat([model.encode(b.x.to(model.device)) for b in test.subset(TRAVERSAL_CODES).batches(256)])
+            if codes.ndim != 2:  # a grid of discrete codes (VQ-VAE) has no axis to move along
+                return []
+            pictures, dims = traversal(model, x, codes)
+            factors = ""
+            if "factors" in spec.extras:
+                factors = f"; the data's known factors are {', '.join(spec.extras['factors'])}"
+            return [Figure("Latent traversals", grid(pictures, TRAVERSAL_STEPS),
+                           f"each row moves one dimension of the first test example's code (dimensions "
+                           f"{', '.join(map(str, dims))}: those whose test codes vary most) from the "
+                           f"{TRAVERSAL_QUANTILES[0]:.0%} to the {TRAVERSAL_QUANTILES[1]:.0%} quantile of "
+                           f"{min(len(test), TRAVERSAL_CODES)} test codes, the others kept{factors}",
+                           pixelated=True)]
+
+        drawers.append(traversals)
     for app in apps_for(model):  # each use of the model draws its own figures
         def app_figures(app=app) -> list[Figure]:  # noqa: ANN001
             with torch.inference_mode():
