@@ -177,3 +177,24 @@ def posterior_collapse(model: GenerativeModel, ctx: EvalContext) -> list[Result]
                {"activity": [round(v, 5) for v in activity.tolist()]}),
         Result("collapsed_dims", int((kl < 0.01).sum()), "units", f"of {dims}, KL < 0.01 nats", ctx.split),
     ]
+
+
+def kl_per_layer_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
+    return Plan(f"KL term of each stochastic layer on {len(ctx.data)} examples",
+                [Work("KL per layer", len(ctx.data), lambda n: model.kl_per_layer(first_examples(ctx, n)))],
+                "--max-examples N")
+
+
+@metric("kl_per_layer", requires=("kl_per_layer",), description="KL term of each stochastic layer of a "
+        "hierarchical VAE (layer 1 next to the data), nats: which layers the model uses", plan=kl_per_layer_plan)
+def kl_per_layer(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    kl = torch.cat([model.kl_per_layer(x).double() for x in ctx.batches(desc="KL per layer")])  # (N, L)
+    n, layers = kl.shape
+    stderr = kl.std(0) / math.sqrt(n) if n > 1 else torch.zeros(layers, dtype=kl.dtype)
+    # the model says how its KL terms are estimated (e.g. analytic given the layers above, or
+    # log q - log p at the sample); a model that does not: the estimator of its training ELBO
+    how = getattr(model, "kl_estimator_description", "the training ELBO's estimator")
+    return [Result(f"kl_layer{i + 1}", kl[:, i].mean().item(), "nats",
+                   f"layer {i + 1} of {layers} (1: next to x), 1 sample, {how}", ctx.split,
+                   {"stderr": stderr[i].item()})
+            for i in range(layers)]
