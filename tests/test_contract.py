@@ -43,6 +43,11 @@ TINY = {
     "ps-vae": {"latent_dim": 3, "hidden": (16,), "samples": 2},
     "m1m2": {"latent_dim": 2, "hidden": (8,), "m1_latent_dim": 3, "m1_hidden": (16,), "m1_epochs": 1},
     "csvae": {"latent_dim": 3, "w_dim": 2, "hidden": (16,), "adversary_hidden": (8,)},
+    "beta-tc-vae": {"latent_dim": 3, "hidden": (16,)},
+    "ladder-vae": {"latent_dims": (4, 3), "hidden": (16,)},
+    "vqvae": {"num_codes": 8, "code_dim": 4, "width": 8, "num_res_blocks": 1, "downsampling": 2, "prior_width": 8,
+              "prior_depth": 1, "prior_heads": 2, "vqvae_epochs": 1},
+    "idvae": {"latent_dim": 3, "hidden": (16,), "prior_hidden": (8,), "auxiliary": "labels"},
 }
 #: models that read another kind of data than the labelled images the contract uses
 POINT_SET_MODELS = {"set-flow"}
