@@ -125,7 +125,7 @@ def test_bounds_and_codes_use_running_statistics_of_batch_norm():
 def test_monte_carlo_kl_of_a_layer_averages_to_the_analytic_kl():
     """With the same top-down samples, log q(z_i|.) - log p(z_i|z_{i+1}) at z_i ~ q has the analytic
     KL(q(z_i|z_{i+1},x) || p(z_i|z_{i+1})) as its conditional mean; the top layer's is analytic in both."""
-    model = ladder(latent_dims=(4, 3, 2), hidden=(16,))
+    model = ladder(latent_dims=(4, 3, 2), hidden=(16,), batch_norm=False)  # one example repeated: no batch statistics
     with torch.no_grad():  # a posterior far from the prior, so the KL terms are O(1) nats
         for head in model.up_heads:
             head.bias.normal_(0, 1.0, generator=seeded(7))
@@ -221,3 +221,10 @@ def test_kl_per_layer_metric_gives_one_result_per_layer():
     assert [r.metric for r in results] == ["kl_layer1", "kl_layer2", "kl_layer3"]
     assert all(r.unit == "nats" and r.value >= 0 and "analytic" in r.qualifier for r in results)
     assert all(r.split == "train, n=40" for r in results)
+
+
+def test_a_batch_of_one_example_is_refused_in_one_line_when_batch_norm_needs_two():
+    model = ladder(hidden=(16,))  # batch norm is the default, as in the paper
+    with pytest.raises(DgmError, match="at least 2 examples per training batch, got 1: .*batch_norm=false"):
+        model.loss(binarized().tensors(1), "model", Progress())
+    assert torch.isfinite(ladder(hidden=(16,), batch_norm=False).loss(binarized().tensors(1), "model", Progress()).loss)

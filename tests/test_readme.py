@@ -67,7 +67,8 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
     for made in ["runs/vae/report.html", "grid.png", "sneakers.png", "ddim.png", "ddpm.png", "guided.png",
                  "inpainted.png", "upscaled.png", "threes.png", "completed.png", "cached.png", "langevin.png", "filled.png",
                  "glow.png", "sets.png", "runs/checkerboard/report.html", "boots.png", "classes.png",
-                 "runs/m2/labels.json", "runs/ppca/report.html",
+                 "runs/m2/labels.json", "runs/ppca/report.html", "vq.png",
+                 "runs/ladder/report.html", "runs/tc/report.html", "runs/idvae/report.html",
                  "board.csv", "board.png", "demo/report.html",
                  "runs/api-vae/report.html"]:
         assert (tmp_path / made).exists(), made

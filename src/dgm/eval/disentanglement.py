@@ -70,16 +70,15 @@ import numpy as np
 
 from dgm.data.core import DataSpec
 from dgm.errors import DgmError
-from dgm.eval.core import EvalContext, Plan, Result, Work, metric, progress_bar
+from dgm.eval.core import EvalContext, Plan, Result, Work, metric
 from dgm.eval.metrics import ACTIVE_UNIT_THRESHOLD
-from dgm.eval.quality import require_train
+from dgm.eval.quality import latent_means, require_train
 from dgm.models.base import GenerativeModel
 
 MIG_BINS = 20  # equal-width bins per code dim (disentanglement_lib's num_bins for MIG)
 FIT_EXAMPLES = 10_000  # training codes SAP's thresholds and DCI's forests are fitted on (disentanglement_lib: 10,000)
 EVAL_EXAMPLES = 10_000  # evaluation codes scored, at most (sprites' test split has 2,000)
 DCI_TREES = 50  # trees per factor's random forest
-ENCODE_BATCH = 500  # examples per encode call
 MAX_CODE_DIMS = 256  # wider codes (a flow's image-shaped z) are refused: a forest over them takes minutes
 
 
@@ -123,6 +122,18 @@ def _check(codes: np.ndarray, factors: np.ndarray, what: str) -> tuple[np.ndarra
     if not np.issubdtype(v.dtype, np.integer):
         raise DgmError(f"{what} needs factor indices (integers), got {v.dtype}")
     return z, v.astype(np.int64)
+
+
+def _check_parts(train_codes: np.ndarray, train_factors: np.ndarray, test_codes: np.ndarray,
+                 test_factors: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The train and test parts of a metric that fits on one and scores the other, each checked
+    (:func:`_check`), or a :class:`DgmError` when their widths differ."""
+    ztr, vtr = _check(train_codes, train_factors, what)
+    zte, vte = _check(test_codes, test_factors, what)
+    if ztr.shape[1] != zte.shape[1] or vtr.shape[1] != vte.shape[1]:
+        raise DgmError(f"{what} got train codes/factors of widths {ztr.shape[1]}/{vtr.shape[1]} but test ones of "
+                       f"{zte.shape[1]}/{vte.shape[1]}: encode both parts with the same model")
+    return ztr, vtr, zte, vte
 
 
 def _varying(factors: np.ndarray, what: str) -> np.ndarray:
@@ -186,9 +197,15 @@ def mig(codes: np.ndarray, factors: np.ndarray, *, bins: int = MIG_BINS) -> MIGS
 
 
 def balanced_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over the values present in ``truth`` of the fraction of their examples predicted right."""
-    values = np.unique(truth)
-    return float(np.mean([(predicted[truth == c] == c).mean() for c in values]))
+    """Mean over the values present in ``truth`` of the fraction of their examples predicted right
+    (scikit-learn's, without its warning about predicted values absent from ``truth``)."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(truth, predicted))
 
 
 def sap(train_codes: np.ndarray, train_factors: np.ndarray, test_codes: np.ndarray, test_factors: np.ndarray,
@@ -197,11 +214,7 @@ def sap(train_codes: np.ndarray, train_factors: np.ndarray, test_codes: np.ndarr
     balanced accuracy on the test part; dims with train variance at most ``inactive_below`` score 0."""
     from sklearn.tree import DecisionTreeClassifier
 
-    ztr, vtr = _check(train_codes, train_factors, "SAP")
-    zte, vte = _check(test_codes, test_factors, "SAP")
-    if ztr.shape[1] != zte.shape[1] or vtr.shape[1] != vte.shape[1]:
-        raise DgmError(f"SAP got train codes/factors of widths {ztr.shape[1]}/{vtr.shape[1]} but test ones of "
-                       f"{zte.shape[1]}/{vte.shape[1]}: encode both parts with the same model")
+    ztr, vtr, zte, vte = _check_parts(train_codes, train_factors, test_codes, test_factors, "SAP")
     varies = _varying(vtr, "SAP")
     active = ztr.var(0) > inactive_below  # (D,)
     scores = np.zeros((ztr.shape[1], vtr.shape[1]))
@@ -250,11 +263,7 @@ def dci(train_codes: np.ndarray, train_factors: np.ndarray, test_codes: np.ndarr
     factor, fitted on the train part, its accuracy measured on the test part."""
     from sklearn.ensemble import RandomForestClassifier
 
-    ztr, vtr = _check(train_codes, train_factors, "DCI")
-    zte, vte = _check(test_codes, test_factors, "DCI")
-    if ztr.shape[1] != zte.shape[1] or vtr.shape[1] != vte.shape[1]:
-        raise DgmError(f"DCI got train codes/factors of widths {ztr.shape[1]}/{vtr.shape[1]} but test ones of "
-                       f"{zte.shape[1]}/{vte.shape[1]}: encode both parts with the same model")
+    ztr, vtr, zte, vte = _check_parts(train_codes, train_factors, test_codes, test_factors, "DCI")
     varies = _varying(vtr, "DCI")
     D, K = ztr.shape[1], vtr.shape[1]
     R = np.zeros((D, K))
@@ -292,16 +301,11 @@ def factor_codes(model: GenerativeModel, ctx: EvalContext, split: str) -> tuple[
         if data.factors is None:
             raise DgmError(f"the {split} split of {data.spec.name!r} has no factor values: disentanglement "
                            "metrics need data rendered from known factors, such as --data sprites")
-        batch = data.tensors(limit)
-        # quality.latent_means does this too, but needs labels; data with factors may have none
-        starts = range(0, len(batch.x), ENCODE_BATCH)
-        bar = progress_bar(starts, enabled=ctx.progress, total=len(starts), desc=f"codes of {split} data")
-        codes = np.concatenate([model.encode(batch.x[i:i + ENCODE_BATCH]).flatten(1).double().cpu().numpy()
-                                for i in bar])  # (N, D)
+        codes = latent_means(model, data, limit, progress=ctx.progress)[0].numpy()  # (N, D)
         if codes.shape[1] > MAX_CODE_DIMS:
             raise DgmError(f"model {model.name!r} encodes to {codes.shape[1]} dims: the disentanglement metrics "
                            f"score codes of at most {MAX_CODE_DIMS} dims (a VAE's latent)")
-        return codes, batch.factors.cpu().numpy()
+        return codes, data.factors[:limit].cpu().numpy()
 
     return ctx.once(f"factor-codes-{split}", compute)
 

@@ -185,14 +185,16 @@ PROBE_EXAMPLES = 20000
 
 
 def latent_means(model: GenerativeModel, data: Dataset, limit: int = PROBE_EXAMPLES, *,
-                 progress: bool = False) -> tuple[Tensor, Tensor]:
+                 progress: bool = False) -> tuple[Tensor, Tensor | None]:
+    """The codes ``(N, D)`` (float64, flattened) of the first ``limit`` examples of ``data`` and their
+    labels (``None`` for unlabelled data)."""
     data = data.subset(min(limit, len(data)))
     batch = data.tensors()
     starts = range(0, len(data), 500)
     bar = progress_bar(starts, enabled=progress, total=len(starts),
                        desc=f"codes of {'train' if data.train else 'test'} data")
     codes = torch.cat([model.encode(batch.x[i:i + 500]).flatten(1).double().cpu() for i in bar])
-    return codes, batch.y.cpu()
+    return codes, None if batch.y is None else batch.y.cpu()
 
 
 def codes(model: GenerativeModel, ctx: EvalContext, split: str) -> tuple[Tensor, Tensor]:

@@ -69,11 +69,12 @@ from torch import Tensor
 
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Progress, capability, rand, randn, register
+from dgm.models.base import GenerativeModel, Loss, Progress, capability, randn, register
 from dgm.models.conditional_vae import refuse_conv
 from dgm.models.refusals import class_labels, refuse_partial_labels
 from dgm.models.vae import VAE, VAEConfig, emit
 from dgm.nn import MLP, normal_kl, normal_log_prob
+from dgm.nn.likelihoods import sample_categorical
 from dgm.settings import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
@@ -305,13 +306,12 @@ class IDVAE(VAE):
     # --- generation -------------------------------------------------------------------------------
     def sample_auxiliary(self, n: int, generator: torch.Generator | None) -> Tensor:
         """u ~ p(u) of the prior VAE, as the networks read it ``(n, K)``: z' ~ N(0, I), u ~ p(u|z')
-        (Gaussian scaled factors, or a one-hot class drawn by Gumbel-max)."""
+        (Gaussian scaled factors, or a one-hot class drawn from the categorical)."""
         like = torch.empty(0, device=self.device)
         out = self.prior_decoder(randn((n, self.config.latent_dim), like=like, generator=generator)).float()
         if self.config.auxiliary == "factors":
             return out + self.config.aux_std * randn(out.shape, like=out, generator=generator)
-        gumbel = -(-rand(out.shape, like=out, generator=generator).clamp_min(1e-20).log()).log()
-        return F.one_hot((out + gumbel).argmax(-1), out.shape[-1]).float()
+        return F.one_hot(sample_categorical(out, -1, generator)[:, 0], out.shape[-1]).float()
 
     def condition_features(self, condition: Tensor | int, n: int) -> Tensor:
         """The features ``(n, K)`` of a given u: class label(s), or factor indices ``(K,)`` / ``(n, K)``."""

@@ -71,7 +71,7 @@ class LadderVAEConfig:
     # width of each deterministic block d_i, bottom first: one per layer, or one for all
     hidden: tuple[PositiveInt, ...] = (512, 256)
     block_depth: PositiveInt = 2  # linear layers per deterministic block (the paper's MLPs: 2)
-    batch_norm: bool = False  # batch-normalise the blocks' hidden layers (the paper does; bounds use running stats)
+    batch_norm: bool = True  # batch-normalise the blocks' hidden layers (the paper's; bounds use running stats)
     likelihood: Literal["bernoulli", "gaussian", "logistic", "logistic-mixture", "categorical"] = "bernoulli"
     gaussian_scale: Literal["learned", "output"] = "learned"  # gaussian: a free per-dim scale, or decoded
     mixture_components: PositiveInt = 5  # logistic-mixture: components per dimension
@@ -267,6 +267,9 @@ class LadderVAE(GenerativeModel):
     # --- training ---------------------------------------------------------------------------------
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         c = self.config
+        if c.batch_norm and len(batch.x) < 2:  # a batch norm of one example divides by its zero variance
+            raise DgmError(f"model {self.name!r} batch-normalises its blocks, which needs at least 2 examples per "
+                           f"training batch, got {len(batch.x)}: use more data or --set model.batch_norm=false")
         rec, kls = self.elbo_terms(batch.x, generator=progress.generator)
         kl = torch.cat(kls, -1)  # (B, sum d_i)
         kl_counted = kl.mean(0)  # (sum d_i,) the batch-averaged KL of each unit

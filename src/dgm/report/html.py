@@ -164,7 +164,7 @@ def traversal(model: GenerativeModel, x: torch.Tensor, codes: torch.Tensor) -> t
     whose code space is not a standard normal (a BiGAN's encoder, a ladder VAE's layers)."""
     with torch.inference_mode():
         z = model.encode(x[:1])  # (1, D)
-        spread = codes.var(0)  # (D,)
+        spread = codes.var(0, correction=0)  # (D,); a single test example has no spread, not NaN
         dims = spread.argsort(descending=True)[:TRAVERSAL_DIMS].sort().values.tolist()
         low, high = torch.quantile(codes.float(), torch.tensor(TRAVERSAL_QUANTILES, device=codes.device), dim=0)
         t = torch.linspace(0, 1, TRAVERSAL_STEPS, device=z.device)
