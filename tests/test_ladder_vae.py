@@ -221,6 +221,13 @@ def test_kl_per_layer_metric_gives_one_result_per_layer():
     assert [r.metric for r in results] == ["kl_layer1", "kl_layer2", "kl_layer3"]
     assert all(r.unit == "nats" and r.value >= 0 and "analytic" in r.qualifier for r in results)
     assert all(r.split == "train, n=40" for r in results)
+    # each row says it is a term of the ELBO as the model estimates it; posterior_collapse's KL (from
+    # kl_per_dim, analytic given one top-down sample even with the sample estimator) says so too
+    sampled = ladder(latent_dims=(4, 3), hidden=(16,), kl_estimator="sample")
+    (row, *_), collapse = (dgm.evaluate(sampled, binarized(40), [name], progress=False)
+                           for name in ("kl_per_layer", "posterior_collapse"))
+    assert "log q - log p at the sample" in row.qualifier
+    assert collapse[0].metric == "kl" and "analytic given one top-down sample" in collapse[0].qualifier
 
 
 def test_a_batch_of_one_example_is_refused_in_one_line_when_batch_norm_needs_two():

@@ -171,7 +171,7 @@ def posterior_collapse(model: GenerativeModel, ctx: EvalContext) -> list[Result]
     count, activity = active_units(torch.cat(means))
     dims = len(kl)
     return [
-        Result("kl", kl.sum().item(), "nats", "KL(q(z|x) || p(z)), analytic", ctx.split,
+        Result("kl", kl.sum().item(), "nats", model.kl_description, ctx.split,
                {"per_dim": [round(v, 5) for v in kl.tolist()]}),
         Result("active_units", count, "units", f"of {dims}, Var_x E[z|x] > {ACTIVE_UNIT_THRESHOLD}", ctx.split,
                {"activity": [round(v, 5) for v in activity.tolist()]}),
@@ -191,10 +191,7 @@ def kl_per_layer(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     kl = torch.cat([model.kl_per_layer(x).double() for x in ctx.batches(desc="KL per layer")])  # (N, L)
     n, layers = kl.shape
     stderr = kl.std(0) / math.sqrt(n) if n > 1 else torch.zeros(layers, dtype=kl.dtype)
-    # the model says how its KL terms are estimated (e.g. analytic given the layers above, or
-    # log q - log p at the sample); a model that does not: the estimator of its training ELBO
-    how = getattr(model, "kl_estimator_description", "the training ELBO's estimator")
     return [Result(f"kl_layer{i + 1}", kl[:, i].mean().item(), "nats",
-                   f"layer {i + 1} of {layers} (1: next to x), 1 sample, {how}", ctx.split,
+                   f"layer {i + 1} of {layers} (1: next to x), its term of the {model.elbo_description}", ctx.split,
                    {"stderr": stderr[i].item()})
             for i in range(layers)]

@@ -296,6 +296,11 @@ class GenerativeModel(nn.Module):
         return "ELBO, 1 sample"
 
     @property
+    def kl_description(self) -> str:
+        """How :meth:`kl_per_dim` (and ``kl_per_layer``) estimate the KL to the prior, for result tables."""
+        return "KL(q(z|x) || p(z)), analytic"
+
+    @property
     def likelihood_kind(self) -> str:
         """``"discrete"`` when :meth:`log_prob` / bounds are a pmf over the discrete data (binary, levels),
         ``"density"`` when they are a density over continuous values (dequantized or continuous data)."""

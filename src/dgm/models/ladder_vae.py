@@ -189,13 +189,15 @@ class LadderVAE(GenerativeModel):
 
     @property
     def elbo_description(self) -> str:
-        return f"ELBO, 1 top-down sample, {self.kl_estimator_description}"
+        kl = ("KL of z_L analytic, of z_i<L analytic given z_i+1" if self.config.kl_estimator == "analytic"
+              else "KL of z_L analytic, of z_i<L log q - log p at the sample")
+        return f"ELBO, 1 top-down sample, {kl}"
 
     @property
-    def kl_estimator_description(self) -> str:
-        """How the KL terms are estimated, for result tables (the top layer's is always analytic)."""
-        return ("KL of z_L analytic, of z_i<L analytic given z_i+1" if self.config.kl_estimator == "analytic"
-                else "KL of z_L analytic, of z_i<L log q - log p at the sample")
+    def kl_description(self) -> str:
+        """How :meth:`kl_per_dim` estimates the KL (analytic whatever ``kl_estimator``, so every unit's
+        value is >= 0), for result tables."""
+        return "KL of z_L analytic, of z_i<L analytic given one top-down sample of z_i+1"
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -316,7 +318,7 @@ class LadderVAE(GenerativeModel):
     @capability
     def kl_per_layer(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """The KL term of each stochastic layer, ``(B, L)`` bottom first (column 0 is z_1), nats, by
-        the training ELBO's estimator (:attr:`kl_estimator_description`) from one top-down sample:
+        the training ELBO's estimator (:attr:`elbo_description`) from one top-down sample:
         ``elbo(x) = reconstruction - kl_per_layer(x).sum(-1)`` for the same ``generator`` state."""
         with self.evaluating():
             return torch.stack([t.sum(-1) for t in self.elbo_terms(x, generator=generator)[1]], -1)
