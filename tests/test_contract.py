@@ -45,12 +45,26 @@ TINY = {
     "csvae": {"latent_dim": 3, "w_dim": 2, "hidden": (16,), "adversary_hidden": (8,)},
     "beta-tc-vae": {"latent_dim": 3, "hidden": (16,)},
     "ladder-vae": {"latent_dims": (4, 3), "hidden": (16,)},
+    "lstm-lm": {"width": 8, "hidden": 16, "layers": 2},
+    "transformer-lm": {"width": 8, "depth": 1, "heads": 2},
     "vqvae": {"num_codes": 8, "code_dim": 4, "width": 8, "num_res_blocks": 1, "downsampling": 2, "prior_width": 8,
               "prior_depth": 1, "prior_heads": 2, "vqvae_epochs": 1},
     "idvae": {"latent_dim": 3, "hidden": (16,), "prior_hidden": (8,), "auxiliary": "labels"},
 }
 #: models that read another kind of data than the labelled images the contract uses
 POINT_SET_MODELS = {"set-flow"}
+TOKEN_MODELS = {"lstm-lm", "transformer-lm"}
+
+
+def token_dataset():
+    """65 short byte sequences padded to 32 tokens, with their lengths (the masks of the batches)."""
+    from dgm.data.core import Dataset, DataSpec
+    from dgm.data.sequences import pack
+
+    lines = [b"hello world", b"the quick brown fox", b"jumps over", b"a", b"the lazy dog"] * 13
+    x, lengths = pack(lines, 32)
+    spec = DataSpec("lines", (32,), "levels", levels=256, kind="tokens")
+    return Dataset(torch.from_numpy(x), None, spec, train=True, lengths=torch.from_numpy(lengths))
 MODEL_NAMES = sorted(n for n in MODELS if not n.startswith("test-"))
 
 
@@ -61,7 +75,9 @@ def test_every_model_has_a_tiny_config():
 def build(name: str):
     cls = MODELS[name]
     config = make_config(cls, TINY[name])
-    if name in POINT_SET_MODELS:
+    if name in TOKEN_MODELS:
+        data = token_dataset()
+    elif name in POINT_SET_MODELS:
         from dgm.data import load
 
         data = load("shapes2d", "test").subset(64)

@@ -114,7 +114,7 @@ def test_a_uniform_byte_model_gives_exactly_8_bits_per_token(toys, text_file):
     assert bits.value == pytest.approx(8.0, abs=1e-12)
     assert bits.details["stderr"] == pytest.approx(0.0, abs=1e-12)
     real = int(test.lengths.sum())
-    assert f"per real token ({real} in {len(test)} sequences, padding left out)" in bits.qualifier
+    assert f"per scored token ({real} in {len(test)} sequences, padding left out)" in bits.qualifier
     assert bits.qualifier.startswith("exact")
     # per sequence: its real tokens times ln 256, not the padded length
     assert results["nats"].value == pytest.approx(test.lengths.double().mean().item() * math.log(256), rel=1e-9)

@@ -44,10 +44,13 @@ def per_unit_results(name: str, log_px: Tensor, qualifier: str, model: Generativ
     """Bits per real token, or nats and bits per real point and bits/dim of the continuous points: the
     split's lengths count the real units of each example (padding is left out)."""
     spec = model.spec
-    units = ctx.data.lengths[:len(log_px)]  # (N,) in the order of the evaluation batches
+    real = ctx.data.lengths[:len(log_px)]  # (N,) in the order of the evaluation batches
+    units = model.scored_units(real)  # a language model also scores each sequence's end token
     nats, stderr = nats_per_unit(log_px, units)
     unit = UNIT[spec.kind]
-    what = f"{qualifier}, per real {unit} ({int(units.sum())} in {len(units)} {EXAMPLE[spec.kind]}s, padding left out)"
+    ends = f", with {int((units - real).sum())} end tokens" if bool((units != real).any()) else ""
+    what = (f"{qualifier}, per scored {unit} ({int(units.sum())} in {len(units)} {EXAMPLE[spec.kind]}s{ends}, "
+            f"padding left out)")
     if spec.kind == "tokens":
         return [Result(name, nats / math.log(2), "bits/token", what, ctx.split, {"stderr": stderr / math.log(2)})]
     d = spec.shape[-1]  # coordinates of one point

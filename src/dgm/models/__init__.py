@@ -25,6 +25,7 @@ from dgm.models import set_flow  # noqa: F401  (registers "set-flow", the exchan
 from dgm.models import classical  # noqa: F401  (PPCA, factor analysis, the Gaussian mixture)
 from dgm.models import conditional_vae, semisupervised  # noqa: F401  (CVAE, CSVAE; M2, M1+M2, the partially supervised VAE)
 from dgm.models import disentangled, ladder_vae, vqvae  # noqa: F401  (beta-TC-VAE, IDVAE; the ladder VAE; VQ-VAE)
+from dgm.models import language  # noqa: F401  (the LSTM and transformer language models)
 
 __all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "Stage", "capabilities", "capability",
            "create", "fits_in_closed_form", "model_class", "register"]

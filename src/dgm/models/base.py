@@ -295,6 +295,12 @@ class GenerativeModel(nn.Module):
         """How :meth:`elbo` is computed, for result tables."""
         return "ELBO, 1 sample"
 
+    def scored_units(self, lengths: Tensor) -> Tensor:
+        """How many units (tokens, points) of each padded example of ``lengths`` real ones
+        :meth:`log_prob` scores: the real ones by default; a language model also scores the end
+        token of every sequence shorter than the padded length. Bits per unit divide by these."""
+        return lengths
+
     @property
     def kl_description(self) -> str:
         """How :meth:`kl_per_dim` (and ``kl_per_layer``) estimate the KL to the prior, for result tables."""

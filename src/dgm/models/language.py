@@ -1,0 +1,323 @@
+"""Character-level language models over byte sequences: an LSTM and a causal transformer.
+
+A sequence of real tokens ``x_0 .. x_{n-1}`` (bytes 1..255 of UTF-8 text, ``spec.kind == "tokens"``)
+is padded with 0 to ``L`` tokens; the first padding position carries the end-of-sequence symbol 0,
+so the model also learns where a sequence ends. The factorisation (Bengio et al. 2003, "A Neural
+Probabilistic Language Model"; Graves 2013, "Generating Sequences With Recurrent Neural Networks",
+arXiv:1308.0850, section 2)::
+
+    p(x) = prod_{t=0}^{T-1} p(x_t | x_<t),   T = n + 1 (the real tokens and the end token x_n = 0)
+
+with ``T = L`` when a sequence fills all ``L`` positions (it has no end token: there is no position
+left for one). Positions after the end are not modelled. :meth:`LanguageModel.log_prob` is exact,
+in nats per sequence; the training loss is the mean NLL per scored token (real tokens + end tokens).
+A token 0 inside a sequence would read as its end: the byte data never holds one (text lines).
+
+A network reads ``[START, x_0, .., x_{T-2}]`` (an extra embedding row ``V`` is the start symbol) and
+gives the logits of ``x_0 .. x_{T-1}``, output t seeing inputs ``<= t`` only:
+
+* ``lstm-lm``: embedding -> LSTM (Hochreiter & Schmidhuber 1997) -> linear; its state (h, c) is the
+  cache of generation (Graves 2013, section 3).
+* ``transformer-lm``: embedding -> GPT-2 decoder stack (:class:`dgm.nn.transformer.CausalTransformer`:
+  Vaswani et al. 2017, arXiv:1706.03762; Radford et al. 2019; character level as Al-Rfou et al.
+  2019, arXiv:1808.04444, without their auxiliary losses) -> linear; its key-value cache makes a
+  generation step one position's work.
+
+Sampling is ancestral, one token per step until every row has drawn the end token (or filled ``L``),
+from the logits reshaped by :func:`truncate_logits`: temperature ``tau`` (``softmax(u / tau)``),
+top-k (Fan, Lewis & Dauphin 2018, "Hierarchical Neural Story Generation", arXiv:1805.04833, section
+5.4: the k most probable tokens) and nucleus / top-p (Holtzman et al. 2020, "The Curious Case of
+Neural Text Degeneration", arXiv:1904.09751, section 3.1: the smallest set ``V^(p)`` of most probable
+tokens whose probability reaches p), each renormalised. A prompt's bytes start every sample.
+
+Units: ``log_prob`` scores the real tokens and the end token of every sequence shorter than the
+padded length (:meth:`LanguageModel.scored_units`), and the ``nll`` metric divides by the same count:
+bits per character of the text with each line's end (its newline) counted, so a model that predicts
+the uniform distribution over 256 bytes gives exactly 8.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dgm.data.core import Batch, DataSpec
+from dgm.errors import DgmError
+from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, inference, register
+from dgm.models.dct_transformer import full
+from dgm.nn.likelihoods import sample_categorical
+from dgm.nn.transformer import CausalTransformer, KVCache, init_weights
+from dgm.settings import Fraction, PositiveFloat, PositiveInt, Range, coerce, type_hints
+
+END = 0  # the end-of-sequence token: the first padding position
+
+
+# --- sampling options and the truncation of the logits ------------------------------------------------
+@dataclass
+class TextOptions:
+    """Options of ancestral text sampling (``dgm sample RUN --temperature 0.8 --top-p 0.9 --prompt "The "``)."""
+
+    temperature: PositiveFloat | None = field(default=None, metadata={
+        "help": "divide the logits by this (< 1 sharper, > 1 flatter); default 1"})
+    top_k: PositiveInt | None = field(default=None, metadata={
+        "help": "keep only the k most probable tokens at each step; default all"})
+    top_p: Annotated[float, Range(0, 1, low_open=True)] | None = field(default=None, metadata={
+        "help": "nucleus: keep the fewest most probable tokens whose probability reaches p, in (0, 1]; default 1"})
+    prompt: str | None = field(default=None, metadata={
+        "help": "text whose UTF-8 bytes begin every sample; default none"})
+
+
+ANCESTRAL = Sampler("ancestral", "one token at a time from the model's conditionals, with the network's cache "
+                    "(LSTM state, transformer key-value cache); temperature, top-k, nucleus, prompt", TextOptions)
+
+
+def truncate_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None) -> Tensor:
+    """The logits ``(..., V)`` of the distribution sampling draws from: ``logits / temperature``, then
+    ``-inf`` outside the ``top_k`` most probable tokens, then ``-inf`` outside the nucleus, the
+    fewest most probable tokens whose probability (after temperature and top-k) reaches ``top_p``.
+    The most probable token always survives; ``softmax`` of the result is the renormalised
+    distribution. Ties at the k-th value are broken by position (``torch.topk``)."""
+    logits = logits / temperature
+    V = logits.shape[-1]
+    if top_k is not None and top_k < V:
+        kept = logits.topk(top_k, dim=-1).indices
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, kept, logits.gather(-1, kept))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # (..., V): the mass of the more probable tokens
+        drop = before >= top_p  # the nucleus already reached without this token
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return logits
+
+
+def checked_options(temperature: float | None, top_k: int | None, top_p: float | None,
+                    prompt: str | None) -> dict[str, Any]:
+    """The sampling options with their defaults, each checked against its range (for callers in Python;
+    the command line checks the same ranges): one-line :class:`DgmError` naming the flag."""
+    hints = type_hints(TextOptions)
+    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "prompt": prompt}
+    options = {k: coerce(v, hints[k], "--" + k.replace("_", "-")) for k, v in given.items()}
+    options["temperature"] = options["temperature"] or 1.0
+    return options
+
+
+# --- the networks: token ids in, next-token logits out ------------------------------------------------
+class LSTMNetwork(nn.Module):
+    """embedding -> LSTM -> linear: ``ids (B, T)`` (``V`` the start symbol) to logits ``(B, T, V)``;
+    the state ``(h, c)``, each ``(layers, B, hidden)``, carries the prefix (``None``: empty)."""
+
+    def __init__(self, vocab: int, width: int, hidden: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab + 1, width)  # row V: the start symbol
+        self.lstm = nn.LSTM(width, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.head = nn.Linear(hidden, vocab)
+
+    def new_state(self, batch: int) -> None:
+        return None  # nn.LSTM starts from zeros
+
+    def forward(self, ids: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Any]:
+        out, state = self.lstm(self.embedding(ids), state)  # (B, T, hidden)
+        return self.head(out), state
+
+
+class TransformerNetwork(nn.Module):
+    """embedding -> :class:`CausalTransformer` -> linear: ``ids (B, T)`` to logits ``(B, T, V)``; the
+    state is a :class:`KVCache` (``None``: one parallel pass with no cache)."""
+
+    def __init__(self, vocab: int, width: int, depth: int, heads: int, max_length: int, dropout: float) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab + 1, width)
+        self.transformer = CausalTransformer(width, depth, heads, max_length, dropout=dropout)
+        self.head = nn.Linear(width, vocab)
+        for module in (self.embedding, self.head):
+            init_weights(module)
+
+    def new_state(self, batch: int) -> KVCache:
+        return self.transformer.new_cache(batch)
+
+    def forward(self, ids: Tensor, state: KVCache | None = None) -> tuple[Tensor, Any]:
+        return self.head(self.transformer(self.embedding(ids), cache=state)), state  # (B, T, V)
+
+
+# --- the process -----------------------------------------------------------------------------------
+@dataclass
+class LanguageConfig:
+    """Settings every language model shares (``--set model.KEY=VALUE``)."""
+
+    width: PositiveInt = 128  # token embedding size (the transformer's width)
+    dropout: Fraction = 0.1  # dropout in training (between LSTM layers; the transformer's attention, MLP and inputs)
+
+
+class LanguageModel(GenerativeModel):
+    """The autoregressive process over byte sequences, written once (module docstring): the start
+    symbol, the exact likelihood with the end token, the loss and the cached ancestral sampler. A
+    subclass builds its network in :meth:`build_network`."""
+
+    Config = LanguageConfig
+    samplers = (ANCESTRAL,)
+
+    @classmethod
+    def default_representation(cls, config: LanguageConfig, spec: DataSpec) -> str:
+        if spec.kind != "tokens":
+            raise DgmError(f"model {cls.name!r} models token sequences, but {spec.name!r} holds {spec.kind} data: "
+                           f"use --data text:PATH (a sequence per line) or --data fortunes")
+        return "levels"
+
+    def __init__(self, config: LanguageConfig, spec: DataSpec) -> None:
+        super().__init__(config, spec)
+        self.default_representation(config, spec)
+        self.vocab, self.length = spec.vocab_size, spec.shape[0]  # V, L
+        self.network = self.build_network()
+
+    def build_network(self) -> nn.Module:
+        """The network ``(ids (B, T), state) -> (logits (B, T, V), state)``, output t seeing ids ``<= t``,
+        with ``new_state(batch)``; ids ``0..V-1`` are tokens, ``V`` the start symbol."""
+        raise NotImplementedError
+
+    # --- likelihood and training -------------------------------------------------------------------
+    def step_log_probs(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``log p(x_t | x_<t)`` of every scored position, ``(B, T)`` with ``T = min(max n + 1, L)``:
+        the real tokens (``t < n``), the end token (``t == n < L``), 0 after. ``x (B, L)`` tokens,
+        ``mask (B, L)`` true on the real ones, which come first (``None``: the tokens before the
+        first 0). One host sync: the batch is cut after its longest sequence's end token."""
+        x = x.long()
+        real = mask.bool() if mask is not None else (x == END).long().cumsum(1) == 0
+        n = real.sum(1, keepdim=True)  # (B, 1)
+        T = min(int(n.max()) + 1, x.shape[1])
+        t = torch.arange(T, device=x.device)
+        target = torch.where(t < n, x[:, :T], END)  # (B, T): the real tokens, then the end token
+        start = torch.full_like(target[:, :1], self.vocab)
+        logits, _ = self.network(torch.cat([start, target[:, :-1]], 1))  # (B, T, V): input t is x_{t-1}
+        lp = F.log_softmax(full(logits), -1).gather(-1, target[..., None])[..., 0]  # (B, T)
+        return torch.where(t <= n, lp, 0.0)
+
+    def scored_units(self, lengths: Tensor) -> Tensor:
+        """The real tokens and, for a sequence shorter than the padded length, its end token."""
+        return lengths + (lengths < self.spec.shape[0]).to(lengths.dtype)
+
+    def log_prob(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Exact ``log p(x)`` in nats, ``(B,)``: the real tokens and the end token (module docstring)."""
+        return self.step_log_probs(x, mask).sum(1)
+
+    def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
+        """Mean NLL per scored token (real tokens and end tokens), nats; logged in bits too."""
+        x = batch.x
+        mask = batch.mask if batch.mask is not None else (x == END).long().cumsum(1) == 0
+        scored = (mask.sum(1) + (mask.sum(1) < x.shape[1])).sum()  # real tokens + end tokens
+        nll = -self.step_log_probs(x, mask).sum() / scored
+        return Loss(nll, {"bits_per_token": nll.detach() / math.log(2)})
+
+    # --- generation --------------------------------------------------------------------------------
+    def prompt_tokens(self, prompt: str | None) -> Tensor:
+        """The prompt's UTF-8 bytes as tokens ``(m,)``, checked: no byte 0, shorter than ``L``."""
+        data = (prompt or "").encode("utf-8")
+        if END in data:
+            raise DgmError("the prompt holds a NUL byte (0), the end-of-sequence token: remove it")
+        if len(data) >= self.length:
+            raise DgmError(f"the prompt is {len(data)} bytes and the model's sequences hold {self.length}: "
+                           f"use a prompt of at most {self.length - 1} bytes")
+        return torch.tensor(list(data), dtype=torch.long, device=self.device)
+
+    def sample(self, n: int, condition: Tensor | None = None, *, generator: torch.Generator | None = None,
+               sampler: str | None = None, temperature: float | None = None, top_k: int | None = None,
+               top_p: float | None = None, prompt: str | None = None) -> Tensor:
+        """``n`` sequences ``(n, L)`` int64, padded with 0 after the end token (the data's format),
+        each starting with ``prompt``'s bytes; the options as :func:`truncate_logits`."""
+        if condition is not None:
+            raise DgmError(f"model {self.name!r} is unconditional: drop the condition (--class)")
+        if sampler not in (None, ANCESTRAL.name):
+            raise DgmError(f"model {self.name!r} has no sampler {sampler!r}: use {ANCESTRAL.name}")
+        options = checked_options(temperature, top_k, top_p, prompt)
+        return self.generate(n, self.prompt_tokens(options.pop("prompt")), generator=generator, **options)
+
+    @inference  # the cache is written in place: made and used inside inference mode
+    def generate(self, n: int, prompt: Tensor, *, generator: torch.Generator | None = None, cached: bool = True,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+        """Ancestral sampling of ``n`` sequences ``(n, L)`` after the tokens ``prompt (m,)``; ``cached``:
+        one position per step through the network's state, else the whole prefix again at every
+        step (the same samples: the check that the cache is right)."""
+        L, m = self.length, len(prompt)
+        x = torch.zeros(n, L, dtype=torch.long, device=self.device)
+        x[:, :m] = prompt
+        prefix = torch.cat([torch.full((n, 1), self.vocab, device=self.device), x[:, :m]], 1)  # [START, prompt]
+        state = self.network.new_state(n) if cached else None
+        logits, state = self.network(prefix, state)  # (n, m + 1, V)
+        done = torch.zeros(n, dtype=torch.bool, device=self.device)
+        for t in range(m, L):
+            step = truncate_logits(full(logits[:, -1]), temperature=temperature, top_k=top_k, top_p=top_p)
+            token = sample_categorical(step, -1, generator)[:, 0]  # (n,)
+            x[:, t] = token.masked_fill(done, END)  # an ended row stays padded
+            done |= token == END
+            if t + 1 == L or bool(done.all()):
+                break
+            if cached:
+                logits, state = self.network(x[:, t:t + 1], state)  # (n, 1, V)
+            else:
+                logits, _ = self.network(torch.cat([prefix[:, :1], x[:, :t + 1]], 1))  # (n, t + 2, V)
+        return x
+
+
+# --- the models: a network each ---------------------------------------------------------------------
+@dataclass
+class LSTMLanguageConfig(LanguageConfig):
+    """Settings of :class:`LSTMLanguageModel` (``--set model.KEY=VALUE``)."""
+
+    hidden: PositiveInt = 256  # LSTM units per layer
+    layers: PositiveInt = 2  # stacked LSTM layers
+
+
+@register
+class LSTMLanguageModel(LanguageModel):
+    """A character-level LSTM language model (Graves 2013, arXiv:1308.0850).
+
+    Example:
+        >>> data = dgm.data.load("text:notes.txt")
+        >>> model = dgm.create("lstm-lm", data.spec, hidden=128, layers=1)
+        >>> batch = data.tensors(8); model.log_prob(batch.x, mask=batch.mask)   # nats, (8,)
+        >>> model.sample(4, prompt="The ", top_p=0.9)   # (4, L) tokens, 0 after the end
+    """
+
+    name = "lstm-lm"
+    Config = LSTMLanguageConfig
+    description = "character-level LSTM language model over bytes: exact NLL, temperature/top-k/top-p sampling"
+
+    def build_network(self) -> nn.Module:
+        c = self.config
+        return LSTMNetwork(self.vocab, c.width, c.hidden, c.layers, c.dropout)
+
+
+@dataclass
+class TransformerLanguageConfig(LanguageConfig):
+    """Settings of :class:`TransformerLanguageModel` (``--set model.KEY=VALUE``)."""
+
+    depth: PositiveInt = 4  # transformer blocks
+    heads: PositiveInt = 4  # attention heads per block (divide width)
+
+
+@register
+class TransformerLanguageModel(LanguageModel):
+    """A character-level GPT-2-style transformer language model with KV-cached sampling
+    (Radford et al. 2019; Al-Rfou et al. 2019, arXiv:1808.04444); its context is the data's length.
+
+    Example:
+        >>> data = dgm.data.load("fortunes")
+        >>> model = dgm.create("transformer-lm", data.spec, width=128, depth=4, heads=4)
+        >>> batch = data.tensors(8); model.log_prob(batch.x, mask=batch.mask)   # nats, (8,)
+        >>> model.sample(4, prompt="The ", temperature=0.8, top_k=40)
+    """
+
+    name = "transformer-lm"
+    Config = TransformerLanguageConfig
+    description = "character-level causal transformer language model over bytes: exact NLL, KV-cached sampling"
+
+    def build_network(self) -> nn.Module:
+        c = self.config
+        if c.width % c.heads:
+            raise DgmError(f"model.heads ({c.heads}) must divide model.width ({c.width})")
+        return TransformerNetwork(self.vocab, c.width, c.depth, c.heads, self.length, c.dropout)
