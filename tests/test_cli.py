@@ -40,6 +40,9 @@ def test_sample_eval_and_report(run_dir, tmp_path, capsys):
     assert main(["sample", str(run_dir), "-n", "5", "-o", str(tmp_path / "x.npz")]) == 0
     assert np.load(tmp_path / "x.npz")["x"].shape == (5, 1, 8, 8)
     capsys.readouterr()
+    assert main(["sample", str(run_dir), "-n", "2", "-o", str(tmp_path / "x.txt")]) == 2  # images are not text
+    assert "are not text: write them to a .png/.jpg picture or a .npz" in capsys.readouterr().err
+    assert not (tmp_path / "x.txt").exists()
     assert main(["eval", str(run_dir), "--metrics", "nll,posterior_collapse", "--k", "20",
                  "--json", str(tmp_path / "e.json"), "--quiet"]) == 0
     table = capsys.readouterr().out

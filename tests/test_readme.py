@@ -69,7 +69,7 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
                  "glow.png", "sets.png", "runs/checkerboard/report.html", "boots.png", "classes.png",
                  "runs/m2/labels.json", "runs/ppca/report.html", "vq.png",
                  "runs/ladder/report.html", "runs/tc/report.html", "runs/idvae/report.html",
-                 "lines.npz", "runs/lstm/report.html",
+                 "lines.txt", "runs/lstm/report.html",
                  "board.csv", "board.png", "demo/report.html",
                  "runs/api-vae/report.html"]:
         assert (tmp_path / made).exists(), made

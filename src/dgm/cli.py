@@ -130,9 +130,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from dgm.io.images import save
 
     out = output_path(args.output)  # a path we cannot write fails before minutes of sampling, not after
-    if out.suffix.lower() not in (".npz", ".png", ".jpg", ".jpeg"):
-        raise DgmError(f"cannot write samples to {out}: use a .png/.jpg picture or a .npz array file")
+    if out.suffix.lower() not in (".npz", ".png", ".jpg", ".jpeg", ".txt"):
+        raise DgmError(f"cannot write samples to {out}: use a .png/.jpg picture, a .npz array file, or .txt "
+                       f"(text models)")
     model = run.load(args.run)
+    if out.suffix.lower() == ".txt" and model.spec.kind != "tokens":
+        raise DgmError(f"samples of {model.spec.kind} data are not text: write them to a .png/.jpg picture or "
+                       f"a .npz array file")
     generator = torch.Generator().manual_seed(args.seed)
     condition = None if args.class_ is None else torch.tensor(args.class_)
     options = sampler_options(model, args)
@@ -143,6 +147,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         import numpy as np
 
         np.savez_compressed(out, x=x.cpu().numpy())
+    elif out.suffix.lower() == ".txt":  # one sample a line, up to its end token (newlines and tabs shown as such)
+        from dgm.data.pictures import decode_tokens
+
+        out.write_text("".join(f"{line}\n" for line in decode_tokens(x)), encoding="utf-8")
     else:
         save(sample_picture(x, model.spec), out)
     print(f"{args.n} samples -> {out}")
