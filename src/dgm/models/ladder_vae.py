@@ -58,7 +58,7 @@ from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, capability, randn, register
 from dgm.models.refusals import refuse_variable_length
-from dgm.models.vae import PADDING_REASON, VAE, emit, likelihood_of
+from dgm.models.vae import PADDING_REASON, VAE, emit, likelihood_of, weighted_kl
 from dgm.nn.distributions import normal_kl, normal_log_prob
 from dgm.settings import NonNegativeFloat, NonNegativeInt, PositiveInt
 
@@ -274,12 +274,10 @@ class LadderVAE(GenerativeModel):
                            f"training batch, got {len(batch.x)}: use more data or --set model.batch_norm=false")
         rec, kls = self.elbo_terms(batch.x, generator=progress.generator)
         kl = torch.cat(kls, -1)  # (B, sum d_i)
-        kl_counted = kl.mean(0)  # (sum d_i,) the batch-averaged KL of each unit
-        if c.free_bits > 0:
-            kl_counted = kl_counted.clamp(min=c.free_bits)
-        beta = min(1.0, (progress.step + 1) / c.kl_warmup_steps) if c.kl_warmup_steps else 1.0
+        penalty, beta = weighted_kl(kl, beta=1.0, free_bits=c.free_bits, warmup_steps=c.kl_warmup_steps,
+                                    step=progress.step)
         per_layer = {f"kl{i + 1}": t.sum(-1).mean() for i, t in enumerate(kls)}
-        return Loss(-rec.mean() + beta * kl_counted.sum(),
+        return Loss(-rec.mean() + penalty,
                     {"elbo": (rec - kl.sum(-1)).mean(), "reconstruction": rec.mean(), "kl": kl.sum(-1).mean(),
                      **per_layer, "beta": torch.tensor(beta)})
 

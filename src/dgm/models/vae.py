@@ -76,6 +76,18 @@ def emit(likelihood: Likelihood, params: Tensor, *, mean: bool, generator: torch
     return likelihood.mean(params) if mean else likelihood.sample(params, generator=generator)
 
 
+def weighted_kl(kl: Tensor, *, beta: float, free_bits: float, warmup_steps: int, step: int) -> tuple[Tensor, float]:
+    """The KL term of a VAE-like training loss from the KL of each latent unit ``kl`` ``(B, units)``:
+    each unit's batch-averaged KL counted as at least ``free_bits`` nats (0: off), summed, and
+    weighted by ``beta`` ramped linearly from 0 over ``warmup_steps`` (0: no warm-up) at optimiser
+    step ``step``. Returns the term and the weight it used."""
+    counted = kl.mean(0)  # (units,) the batch-averaged KL of each unit
+    if free_bits > 0:
+        counted = counted.clamp(min=free_bits)
+    weight = beta * (min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
+    return weight * counted.sum(), weight
+
+
 @register
 class VAE(GenerativeModel):
     """Variational autoencoder with a Gaussian posterior, a standard normal prior and any of the
@@ -160,13 +172,10 @@ class VAE(GenerativeModel):
         z = self.reparameterize(mu, logvar, progress.generator)
         rec = self.log_likelihood(batch.x, z)  # (B,)
         kl = self.analytic_kl(mu, logvar)  # (B, latent_dim)
-        kl_counted = kl.mean(0)  # (latent_dim,) the batch-averaged KL of each dimension
-        if c.free_bits > 0:
-            kl_counted = kl_counted.clamp(min=c.free_bits)
-        warmup = min(1.0, (progress.step + 1) / c.kl_warmup_steps) if c.kl_warmup_steps else 1.0
-        beta = c.beta * warmup
+        penalty, beta = weighted_kl(kl, beta=c.beta, free_bits=c.free_bits, warmup_steps=c.kl_warmup_steps,
+                                    step=progress.step)
         elbo = rec - kl.sum(-1)
-        return Loss(-rec.mean() + beta * kl_counted.sum(),
+        return Loss(-rec.mean() + penalty,
                     {"elbo": elbo.mean(), "reconstruction": rec.mean(), "kl": kl.sum(-1).mean(),
                      "beta": torch.tensor(beta)})
 
