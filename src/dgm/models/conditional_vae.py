@@ -58,7 +58,7 @@ from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Phase, Progress, capability, randint, randn, register
 from dgm.models.refusals import class_labels, refuse_partial_labels, refuse_unlabelled, refuse_variable_length
 from dgm.models.vae import PADDING_REASON, VAE, VAEConfig, emit, likelihood_of
-from dgm.nn import MLP, normal_kl
+from dgm.nn import MLP, diagonal_gaussian, normal_kl
 from dgm.settings import NonNegativeFloat, PositiveFloat, PositiveInt, Range
 
 #: phase names of the CSVAE's two players
@@ -322,8 +322,7 @@ class CSVAE(ClassConditional):
 
     def w_posterior(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(w|x,y), each ``(B, A * d_w)``."""
-        mu, log_var = self.w_encoder(torch.cat([x.flatten(1).float(), self.attributes(y)], 1)).chunk(2, dim=-1)
-        return mu, log_var.clamp(-30.0, 20.0)  # as VAE.posterior: exp(log_var) stays finite early in training
+        return diagonal_gaussian(self.w_encoder(torch.cat([x.flatten(1).float(), self.attributes(y)], 1)))
 
     # --- training ---------------------------------------------------------------------------------
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:

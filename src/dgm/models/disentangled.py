@@ -73,7 +73,7 @@ from dgm.models.base import GenerativeModel, Loss, Progress, capability, randn, 
 from dgm.models.conditional_vae import refuse_conv
 from dgm.models.refusals import class_labels, refuse_partial_labels
 from dgm.models.vae import VAE, VAEConfig, emit
-from dgm.nn import MLP, normal_kl, normal_log_prob
+from dgm.nn import MLP, diagonal_gaussian, normal_kl, normal_log_prob
 from dgm.nn.likelihoods import sample_categorical
 from dgm.settings import NonNegativeFloat, PositiveFloat, PositiveInt
 
@@ -265,8 +265,7 @@ class IDVAE(VAE):
     def conditional_prior(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q_psi(z|u), each ``(B, latent_dim)``, for u's ``features``
         (:meth:`aux_features`): the main VAE's prior p(z|u)."""
-        mu, logvar = self.prior_encoder(features).chunk(2, dim=-1)
-        return mu, logvar.clamp(-30.0, 20.0)  # as VAE.posterior: exp(logvar) stays finite early in training
+        return diagonal_gaussian(self.prior_encoder(features))
 
     def posterior_given(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q_phi(z|x) (``encoder_input="x"``) or q_phi(z|x,u) (``"x+u"``)."""

@@ -59,7 +59,7 @@ from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, capability, randn, register
 from dgm.models.refusals import refuse_variable_length
 from dgm.models.vae import PADDING_REASON, VAE, emit, likelihood_of, weighted_kl
-from dgm.nn.distributions import normal_kl, normal_log_prob
+from dgm.nn.distributions import diagonal_gaussian, normal_kl, normal_log_prob
 from dgm.settings import NonNegativeFloat, NonNegativeInt, PositiveInt
 
 
@@ -112,10 +112,9 @@ def gaussian_head(width: int, dim: int) -> nn.Module:
 
 
 def split_gaussian(params: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and log-variance from a head's output ``(B, 2 d)``, each ``(B, d)``; the log-variance is
-    clamped as the VAE's, so exp(logvar) stays finite early in training."""
-    mu, logvar = params.float().chunk(2, dim=-1)
-    return mu, logvar.clamp(-30.0, 20.0)
+    """Mean and log-variance from a head's output ``(B, 2 d)``, each ``(B, d)``, in float32 (the KL
+    terms of many units are summed), the log-variance clamped as every family's (:func:`diagonal_gaussian`)."""
+    return diagonal_gaussian(params.float())
 
 
 @dataclass

@@ -60,7 +60,7 @@ from dgm.models.base import GenerativeModel, Loss, Phase, Progress, Stage, capab
 from dgm.models.refusals import class_labels, refuse_unlabelled
 from dgm.models.vae import VAE, VAEConfig, emit, likelihood_of
 from dgm.nn import MLP, Likelihood, make_likelihood
-from dgm.nn.distributions import normal_log_prob
+from dgm.nn.distributions import diagonal_gaussian, normal_log_prob
 from dgm.nn.likelihoods import sample_categorical
 from dgm.settings import NonNegativeFloat, PositiveInt
 
@@ -209,8 +209,7 @@ class SemiSupervised(GenerativeModel):
     @staticmethod
     def gaussian(h: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of a diagonal Gaussian from a network's ``(B, 2 d)`` output."""
-        mu, logvar = full_precision(h).chunk(2, dim=-1)
-        return mu, logvar.clamp(-30.0, 20.0)  # as the VAE's: exp(logvar) stays finite early in training
+        return diagonal_gaussian(full_precision(h))
 
     def tile(self, x: Tensor, n: int) -> Tensor:
         """``x`` repeated ``n`` times, sample-major: row ``s * B + b`` is ``x[b]``, ``(n * B, ...)``."""

@@ -35,7 +35,7 @@ from dgm.models.base import GenerativeModel, Loss, Progress, randn, register
 from dgm.models.refusals import refuse_variable_length
 from dgm.settings import NonNegativeFloat, NonNegativeInt, PositiveInt
 from dgm.nn import LIKELIHOODS, MLP, ConvDecoder, ConvEncoder, Likelihood, make_likelihood
-from dgm.nn.distributions import normal_log_prob
+from dgm.nn.distributions import diagonal_gaussian, normal_log_prob
 
 
 #: why a VAE refuses token sequences and point sets
@@ -139,8 +139,7 @@ class VAE(GenerativeModel):
     # --- the two halves ---------------------------------------------------------------------------
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z|x), each ``(B, latent_dim)``."""
-        mu, logvar = self.encoder(x if x.is_floating_point() else x.float()).chunk(2, dim=-1)
-        return mu, logvar.clamp(-30.0, 20.0)  # keeps exp(logvar) finite early in training
+        return diagonal_gaussian(self.encoder(x if x.is_floating_point() else x.float()))
 
     def decoder_params(self, z: Tensor) -> Tensor:
         """The likelihood's parameters for codes ``z``, in at least float32: under bf16 autocast

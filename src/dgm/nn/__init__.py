@@ -1,7 +1,7 @@
 """Shared building blocks: networks (:mod:`dgm.nn.blocks`), observation likelihoods
 (:mod:`dgm.nn.likelihoods`) and the Gaussian formulas they share (:mod:`dgm.nn.distributions`)."""
 from dgm.nn.blocks import MLP, ConvDecoder, ConvEncoder, ResidualBlock, conv_downsamplings
-from dgm.nn.distributions import normal_kl, normal_log_prob
+from dgm.nn.distributions import diagonal_gaussian, normal_kl, normal_log_prob
 from dgm.nn.likelihoods import (
     LIKELIHOODS,
     Bernoulli,

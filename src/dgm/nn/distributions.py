@@ -14,6 +14,14 @@ from torch import Tensor
 LOG_2PI = math.log(2 * math.pi)  # log(2 pi), the normalising constant of a unit Gaussian in one dimension
 
 
+def diagonal_gaussian(params: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and log-variance, each ``(..., d)``, of a diagonal Gaussian from a network's output
+    ``(..., 2 d)`` (the mean first); the log-variance is clamped to [-30, 20] so exp(log_var) stays
+    finite early in training, when an encoder's outputs can be far off."""
+    mean, log_var = params.chunk(2, dim=-1)
+    return mean, log_var.clamp(-30.0, 20.0)
+
+
 def normal_log_prob(x: Tensor, mean: Tensor | float = 0.0, log_var: Tensor | float = 0.0) -> Tensor:
     """``log N(x; mean, e^log_var)`` elementwise, nats: ``-(log 2 pi + log_var + (x - mean)^2 / var) / 2``.
 
