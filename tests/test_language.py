@@ -1,8 +1,8 @@
-"""Known answers of the character-level language models (``lstm-lm``, ``transformer-lm``): the causal
+"""Known answers of the language models (``lstm-lm``, ``transformer-lm``, by bytes or subwords): the causal
 order of both networks, cached against uncached sampling, exactly 8 bits per token from a uniform
 model through the evaluator, the likelihood with its end token against a sum by hand, the truncation
 of the logits (temperature, top-k, nucleus) on a hand-made vector, prompts and refusals, and a few
-training steps that lower the loss."""
+training steps that lower the loss; the subword tokenizer's lossless round trip and its life in the weights."""
 from __future__ import annotations
 
 import math
@@ -254,3 +254,96 @@ def test_a_few_training_steps_lower_the_loss(name, text):
         losses.append(loss.item())
     assert losses[0] == pytest.approx(math.log(256), rel=0.05)  # about uniform at initialisation
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+# --- subwords ---------------------------------------------------------------------------------------
+ODD_TEXTS = [b"caf\xc3\xa9 au lait", b"stray \xff\xfe bytes \x80 that are not UTF-8", b"  two spaces\tand a tab",
+             b"line\nbreaks\r\n", b"", b"x", "日本語のテキスト".encode()]
+
+
+def test_subword_tokenisation_round_trip_is_lossless_and_shortens_text():
+    """decode(encode(t)) == t for any bytes (invalid UTF-8 included); merges learnt from the text
+    spell it in fewer tokens; the numbering: bytes first, then each merge as a pair of earlier tokens."""
+    from dgm.data.tokenize import NUM_BYTES, Subwords, learn_merges
+
+    corpus = [line.encode() for line in LINES]
+    merges = learn_merges(corpus, 40)
+    assert merges.shape == (40, 2) and (merges[:, 0] >= 0).sum() >= 10
+    used = merges[merges[:, 0] >= 0]
+    assert (used < NUM_BYTES + torch.arange(len(used))[:, None].numpy()).all()  # pairs of earlier tokens
+    tokenizer = Subwords(merges)
+    texts = corpus + ODD_TEXTS
+    ids = tokenizer.encode(texts)
+    assert [tokenizer.decode(i) for i in ids] == texts
+    assert sum(map(len, ids[:len(corpus)])) < 0.8 * sum(map(len, corpus))
+    assert Subwords(merges[:0]).encode([b"abc"]) == [[97, 98, 99]]  # no merges: the bytes
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_subword_model_learns_its_merges_in_prepare_and_keeps_them_in_its_weights(name, text):
+    """prepare fills the merges from the training split; a fresh model given the state dict has the
+    same tokenizer and the same likelihood; a uniform subword model gives log(256 + M) nats per
+    scored subword (its spelling plus the end token); samples are bytes, prompt first."""
+    data = load(text)
+    model = create(name, data.spec, merges=30, **TINY[name]).eval()
+    assert (model.merge_table == -1).all()
+    model.prepare(data)
+    assert (model.merge_table[:10] >= 0).all()
+    clone = create(name, data.spec, merges=30, **TINY[name]).eval()
+    clone.load_state_dict(model.state_dict())
+    batch = data.tensors(8)
+    torch.testing.assert_close(clone.log_prob(batch.x, mask=batch.mask), model.log_prob(batch.x, mask=batch.mask))
+    with torch.no_grad():
+        model.network.head.weight.zero_()
+        model.network.head.bias.zero_()
+    texts = [bytes(row[:n].tolist()) for row, n in zip(batch.x, data.lengths[:8].tolist())]
+    spelled = torch.tensor([len(ids) + 1 for ids in model.subwords.encode(texts)], dtype=torch.float64)
+    assert (spelled - 1 < torch.tensor([len(t) for t in texts])).any()  # merges were used
+    torch.testing.assert_close(-model.log_prob(batch.x, mask=batch.mask).double(), spelled * math.log(256 + 30))
+    x = model.sample(4, generator=torch.Generator().manual_seed(0), prompt="The ")
+    assert x.shape == (4, data.spec.shape[0]) and (x[:, :4] == torch.tensor(list(b"The "))).all()
+    ended = (x == END).long().cumsum(1) > 0
+    assert (x[ended] == END).all()
+
+
+def test_subword_sampling_cached_equals_uncached():
+    torch.manual_seed(0)
+    model = create("transformer-lm", short_spec(24), merges=20, **TINY["transformer-lm"]).double().eval()
+    from dgm.data.tokenize import learn_merges
+
+    model.merge_table.copy_(torch.from_numpy(learn_merges([line.encode() for line in LINES], 20)))
+    prompt = model.prompt_tokens("The ")
+    assert len(prompt) < 4  # " The"-like merges shorten the prompt
+    cached = model.generate(5, prompt, generator=torch.Generator().manual_seed(2))
+    again = model.generate(5, prompt, generator=torch.Generator().manual_seed(2), cached=False)
+    assert torch.equal(cached, again)
+
+
+def test_a_subword_run_learns_its_merges_once_and_a_loaded_run_has_them(text, tmp_path, monkeypatch):
+    """dgm.train calls prepare on a fresh run only: resuming keeps the merges it trained with, and
+    dgm.load rebuilds the same tokenizer from the weights."""
+    import dgm
+    from dgm.models import language
+    from dgm.run import RunConfig
+    from dgm.train.trainer import TrainConfig
+
+    from dgm.data.tokenize import learn_merges
+
+    calls = []
+
+    def counted(*args):  # noqa: ANN202
+        calls.append(args)
+        return learn_merges(*args)
+
+    monkeypatch.setattr(language, "learn_merges", counted)
+
+    config = RunConfig("lstm-lm", {**TINY["lstm-lm"], "merges": 25}, dgm.DataConfig(text),
+                       TrainConfig(epochs=1, batch_size=8, progress=False, device="cpu"))
+    model, run_dir = dgm.train(config, tmp_path / "run")
+    merges = model.merge_table.clone()
+    assert (merges[:10] >= 0).all()
+    loaded = dgm.load(run_dir)
+    assert torch.equal(loaded.merge_table, merges)
+    config.train.epochs = 2
+    resumed, _ = dgm.train(config, run_dir, resume=True)
+    assert torch.equal(resumed.merge_table, merges) and len(calls) == 1

@@ -1,4 +1,4 @@
-"""Character-level language models over byte sequences: an LSTM and a causal transformer.
+"""Language models over byte sequences, by characters or by subwords: an LSTM and a causal transformer.
 
 A sequence of real tokens ``x_0 .. x_{n-1}`` (bytes 1..255 of UTF-8 text, ``spec.kind == "tokens"``)
 is padded with 0 to ``L`` tokens; the first padding position carries the end-of-sequence symbol 0,
@@ -30,6 +30,14 @@ top-k (Fan, Lewis & Dauphin 2018, "Hierarchical Neural Story Generation", arXiv:
 Neural Text Degeneration", arXiv:1904.09751, section 3.1: the smallest set ``V^(p)`` of most probable
 tokens whose probability reaches p), each renormalised. A prompt's bytes start every sample.
 
+Subwords: with ``model.merges = M > 0`` the model's tokens are byte-level BPE subwords (vocabulary
+``256 + M``, :mod:`dgm.data.tokenize`) learnt from the training split when training starts
+(:meth:`LanguageModel.prepare`) and kept in a buffer saved with the weights. The data stays bytes:
+each batch is encoded on the host (:meth:`LanguageModel.token_ids`), samples are decoded back to
+bytes. ``log_prob`` is then the probability of the text's one BPE spelling, a lower bound on the
+probability of the text (which sums over every spelling): its bits per character are an upper
+bound, the usual convention of subword language models. The end token stays 0.
+
 Units: ``log_prob`` scores the real tokens and the end token of every sequence shorter than the
 padded length (:meth:`LanguageModel.scored_units`), and the ``nll`` metric divides by the same count:
 bits per character of the text with each line's end (its newline) counted, so a model that predicts
@@ -45,13 +53,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgm.data.core import Batch, DataSpec
+from dgm.data.core import Batch, DataSpec, Dataset
+from dgm.data.sequences import pack
+from dgm.data.tokenize import Subwords, learn_merges, subwords
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, inference, register
 from dgm.models.dct_transformer import full
 from dgm.nn.likelihoods import sample_categorical
 from dgm.nn.transformer import CausalTransformer, KVCache, init_weights
-from dgm.settings import Fraction, PositiveFloat, PositiveInt, Range, coerce, type_hints
+from dgm.settings import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, Range, coerce, type_hints
 
 END = 0  # the end-of-sequence token: the first padding position
 
@@ -152,6 +162,8 @@ class LanguageConfig:
 
     width: PositiveInt = 128  # token embedding size (the transformer's width)
     dropout: Fraction = 0.1  # dropout in training (between LSTM layers; the transformer's attention, MLP and inputs)
+    #: byte-level BPE merges learnt from the training split (vocabulary 256 + merges, dgm.data.tokenize); 0: bytes
+    merges: NonNegativeInt = 0
 
 
 class LanguageModel(GenerativeModel):
@@ -172,8 +184,48 @@ class LanguageModel(GenerativeModel):
     def __init__(self, config: LanguageConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
         self.default_representation(config, spec)
-        self.vocab, self.length = spec.vocab_size, spec.shape[0]  # V, L
+        if config.merges and spec.vocab_size != 256:
+            raise DgmError(f"model.merges={config.merges} learns subwords of bytes, but {spec.name!r} has "
+                           f"{spec.vocab_size} tokens: set model.merges=0")
+        self.vocab, self.length = spec.vocab_size + config.merges, spec.shape[0]  # V, L
+        # the learnt merges (prepare), saved with the weights; -1 rows: not learnt yet
+        self.register_buffer("merge_table", torch.full((config.merges, 2), -1, dtype=torch.long))
         self.network = self.build_network()
+
+    # --- subwords ------------------------------------------------------------------------------------
+    def prepare(self, data: Dataset) -> None:
+        """Learn the byte-level BPE merges (``model.merges`` of them) from the training split."""
+        if self.config.merges:
+            texts = [bytes(row[:n].tolist()) for row, n in zip(data.raw.cpu(), data.lengths.tolist())]
+            self.merge_table.copy_(torch.from_numpy(learn_merges(texts, self.config.merges)))
+
+    @property
+    def subwords(self) -> Subwords | None:
+        """The tokenizer of the learnt merges (None for a byte-level model)."""
+        return subwords(self.merge_table.cpu().numpy().tobytes()) if self.config.merges else None
+
+    def token_ids(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The model's tokens of byte sequences ``x (B, L)`` with real bytes ``mask``: the subword ids
+        ``(B, L)`` padded with 0 and their mask (subwords are encoded on the host), or ``x`` itself."""
+        if not self.config.merges:
+            return x, mask
+        lengths = mask.sum(1).tolist()
+        texts = [bytes(row[:n]) for row, n in zip(x.to(torch.uint8).cpu().tolist(), lengths)]
+        ids = self.subwords.encode(texts)
+        padded = torch.zeros(len(ids), x.shape[1], dtype=torch.long)
+        for i, row in enumerate(ids):
+            padded[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        counts = torch.tensor([len(row) for row in ids])
+        return padded.to(x.device), (torch.arange(x.shape[1]) < counts[:, None]).to(x.device)
+
+    def byte_sequences(self, ids: Tensor) -> Tensor:
+        """Token sequences ``(n, L)`` (0 after the end) as the data's byte sequences ``(n, L)``, each cut
+        at ``L`` bytes (a subword sample can spell more bytes than the data holds)."""
+        if not self.config.merges:
+            return ids
+        rows = [row[:row.index(END)] if END in row else row for row in ids.cpu().tolist()]
+        x, _ = pack([self.subwords.decode(row)[:self.length] for row in rows], self.length)
+        return torch.from_numpy(x).long().to(ids.device)
 
     def build_network(self) -> nn.Module:
         """The network ``(ids (B, T), state) -> (logits (B, T, V), state)``, output t seeing ids ``<= t``,
@@ -182,14 +234,16 @@ class LanguageModel(GenerativeModel):
 
     # --- likelihood and training -------------------------------------------------------------------
     def step_log_probs(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``log p(x_t | x_<t)`` of every scored position, ``(B, T)`` with ``T = min(max n + 1, L)``:
-        the real tokens (``t < n``), the end token (``t == n < L``), 0 after. ``x (B, L)`` tokens,
-        ``mask (B, L)`` true on the real ones, which come first (``None``: the tokens before the
-        first 0). One host sync: the batch is cut after its longest sequence's end token."""
-        x = x.long()
+        """``log p(x_t | x_<t)`` of every scored position of the model's tokens (bytes, or the
+        subwords of :meth:`token_ids`), ``(B, T)`` with ``T <= L``: the real tokens (``t < n``), the
+        end token (``t == n < L``), 0 after. ``x (B, L)`` bytes, ``mask (B, L)`` true on the real ones,
+        which come first (``None``: the bytes before the first 0). On the CPU the batch is cut after
+        its longest sequence's end token; elsewhere it is not, since reading the length would stall
+        the device every step."""
         real = mask.bool() if mask is not None else (x == END).long().cumsum(1) == 0
+        x, real = self.token_ids(x.long(), real)
         n = real.sum(1, keepdim=True)  # (B, 1)
-        T = min(int(n.max()) + 1, x.shape[1])
+        T = min(int(n.max()) + 1, x.shape[1]) if x.device.type == "cpu" else x.shape[1]
         t = torch.arange(T, device=x.device)
         target = torch.where(t < n, x[:, :T], END)  # (B, T): the real tokens, then the end token
         start = torch.full_like(target[:, :1], self.vocab)
@@ -206,40 +260,43 @@ class LanguageModel(GenerativeModel):
         return self.step_log_probs(x, mask).sum(1)
 
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
-        """Mean NLL per scored token (real tokens and end tokens), nats; logged in bits too."""
+        """Mean NLL per scored byte (real bytes and end tokens), nats; logged in bits per character
+        (the training split's bits/char; the same unit as the ``nll`` metric on held-out text)."""
         x = batch.x
         mask = batch.mask if batch.mask is not None else (x == END).long().cumsum(1) == 0
-        scored = (mask.sum(1) + (mask.sum(1) < x.shape[1])).sum()  # real tokens + end tokens
+        scored = self.scored_units(mask.sum(1)).sum()  # real bytes + end tokens
         nll = -self.step_log_probs(x, mask).sum() / scored
-        return Loss(nll, {"bits_per_token": nll.detach() / math.log(2)})
+        return Loss(nll, {"bits_per_char": nll.detach() / math.log(2)})
 
     # --- generation --------------------------------------------------------------------------------
     def prompt_tokens(self, prompt: str | None) -> Tensor:
-        """The prompt's UTF-8 bytes as tokens ``(m,)``, checked: no byte 0, shorter than ``L``."""
+        """The prompt's UTF-8 bytes as the model's tokens ``(m,)``, checked: no byte 0, shorter than ``L``."""
         data = (prompt or "").encode("utf-8")
         if END in data:
             raise DgmError("the prompt holds a NUL byte (0), the end-of-sequence token: remove it")
         if len(data) >= self.length:
             raise DgmError(f"the prompt is {len(data)} bytes and the model's sequences hold {self.length}: "
                            f"use a prompt of at most {self.length - 1} bytes")
-        return torch.tensor(list(data), dtype=torch.long, device=self.device)
+        tokens = self.subwords.encode([data])[0] if self.config.merges else list(data)
+        return torch.tensor(tokens, dtype=torch.long, device=self.device)
 
     def sample(self, n: int, condition: Tensor | None = None, *, generator: torch.Generator | None = None,
                sampler: str | None = None, temperature: float | None = None, top_k: int | None = None,
                top_p: float | None = None, prompt: str | None = None) -> Tensor:
-        """``n`` sequences ``(n, L)`` int64, padded with 0 after the end token (the data's format),
+        """``n`` byte sequences ``(n, L)`` int64, padded with 0 after the end token (the data's format),
         each starting with ``prompt``'s bytes; the options as :func:`truncate_logits`."""
         if condition is not None:
             raise DgmError(f"model {self.name!r} is unconditional: drop the condition (--class)")
         if sampler not in (None, ANCESTRAL.name):
             raise DgmError(f"model {self.name!r} has no sampler {sampler!r}: use {ANCESTRAL.name}")
         options = checked_options(temperature, top_k, top_p, prompt)
-        return self.generate(n, self.prompt_tokens(options.pop("prompt")), generator=generator, **options)
+        tokens = self.generate(n, self.prompt_tokens(options.pop("prompt")), generator=generator, **options)
+        return self.byte_sequences(tokens)
 
     @inference  # the cache is written in place: made and used inside inference mode
     def generate(self, n: int, prompt: Tensor, *, generator: torch.Generator | None = None, cached: bool = True,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tensor:
-        """Ancestral sampling of ``n`` sequences ``(n, L)`` after the tokens ``prompt (m,)``; ``cached``:
+        """Ancestral sampling of ``n`` token sequences ``(n, L)`` after the tokens ``prompt (m,)``; ``cached``:
         one position per step through the network's state, else the whole prefix again at every
         step (the same samples: the check that the cache is right)."""
         L, m = self.length, len(prompt)
@@ -285,7 +342,7 @@ class LSTMLanguageModel(LanguageModel):
 
     name = "lstm-lm"
     Config = LSTMLanguageConfig
-    description = "character-level LSTM language model over bytes: exact NLL, temperature/top-k/top-p sampling"
+    description = "LSTM language model over bytes or BPE subwords: exact NLL, temperature/top-k/top-p sampling"
 
     def build_network(self) -> nn.Module:
         c = self.config
@@ -314,7 +371,7 @@ class TransformerLanguageModel(LanguageModel):
 
     name = "transformer-lm"
     Config = TransformerLanguageConfig
-    description = "character-level causal transformer language model over bytes: exact NLL, KV-cached sampling"
+    description = "causal transformer language model over bytes or BPE subwords: exact NLL, KV-cached sampling"
 
     def build_network(self) -> nn.Module:
         c = self.config

@@ -61,7 +61,7 @@ class Figure:
     """One figure of the report: the section it opens, the picture and what it shows."""
 
     title: str
-    picture: Image.Image
+    picture: Image.Image | None  # None: a text figure
     caption: str
     pixelated: bool = False  # an image grid, shown with sharp pixels (plots are smoothed as usual)
     text: str | None = None  # shown as text instead of the picture (samples of token sequences)
@@ -266,7 +266,8 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
         drawers.append(app_figures)
 
     def own_figures() -> list[Figure]:
-        return [Figure(title, grid(pictures, columns), caption, pixelated=True)
+        return [Figure(title, None, caption, text=pictures) if isinstance(pictures, str) else
+                Figure(title, grid(pictures, columns), caption, pixelated=True)
                 for title, pictures, columns, caption in model.report_figures(generator=generator)]
 
     drawers.append(own_figures)
@@ -294,10 +295,12 @@ def read_cached(run_dir: Path, stamp: dict[str, Any] | None) -> list[Figure] | N
             return None
         figures = []
         for entry in stored["figures"]:
-            with Image.open(run_dir / FIGURES_DIR / entry["file"]) as im:
-                im.load()
-                figures.append(Figure(entry["title"], im.copy(), entry["caption"], entry["pixelated"],
-                                      entry.get("text")))
+            picture = None
+            if entry["file"] is not None:
+                with Image.open(run_dir / FIGURES_DIR / entry["file"]) as im:
+                    im.load()
+                    picture = im.copy()
+            figures.append(Figure(entry["title"], picture, entry["caption"], entry["pixelated"], entry.get("text")))
         return figures
     except (OSError, ValueError, KeyError, TypeError):
         return None  # a damaged cache is drawn again
@@ -312,8 +315,9 @@ def write_cached(run_dir: Path, stamp: dict[str, Any] | None, figures: list[Figu
         old.unlink()
     entries = []
     for i, figure in enumerate(figures):
-        name = f"figure_{i:02d}.png"
-        figure.picture.save(folder / name)
+        name = f"figure_{i:02d}.png" if figure.picture is not None else None
+        if figure.picture is not None:
+            figure.picture.save(folder / name)
         entries.append({"file": name, "title": figure.title, "caption": figure.caption,
                         "pixelated": figure.pixelated, "text": figure.text})
     (folder / FIGURES_INDEX).write_text(json.dumps({"stamp": stamp, "figures": entries}, indent=2))

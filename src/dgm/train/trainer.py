@@ -318,6 +318,8 @@ class Trainer:
         """
         if resume:
             self.load_checkpoint()
+        elif self.position.step == 0:  # a fresh run: the model learns its vocabulary first
+            self.model.prepare(self.data)
         if fits_in_closed_form(self.model):
             return self._fit_closed_form()
         self._checked_step = self.position.step  # a checkpoint holds finite losses only
