@@ -163,6 +163,39 @@ def test_text_lines_are_padded_byte_tokens_with_a_mask(tmp_path):
     assert "é".encode() * 3 in got | {bytes(x[m].tolist()) for x, m in zip(t.x, t.mask)}
 
 
+def test_docs_split_at_blank_lines_folders_read_every_file_and_size_sets_the_context(tmp_path):
+    (tmp_path / "corpus" / "sub").mkdir(parents=True)
+    (tmp_path / "corpus" / "a.txt").write_bytes(b"first doc\nstill first\n\n  \nsecond doc\r\n\r\nthird")
+    (tmp_path / "corpus" / "sub" / "b.txt").write_bytes(b"fourth doc\n" + b"z" * 40 + b"\n")
+    (tmp_path / "corpus" / ".hidden").write_bytes(b"not read")
+    docs = data.load(f"docs:{tmp_path / 'corpus'}", size=32)
+    both = docs.tensors().x.tolist() + data.load(f"docs:{tmp_path / 'corpus'}", "test", size=32).tensors().x.tolist()
+    got = {bytes(row).rstrip(b"\x00") for row in both}
+    assert got == {b"first doc\nstill first", b"second doc", b"third"}  # the 51-byte doc is too long
+    assert docs.spec.shape == (32,) and docs.spec.extras["too_long"] == 1
+    lines = data.load(f"text:{tmp_path / 'corpus'}", size=64)
+    assert len(lines) + len(data.load(f"text:{tmp_path / 'corpus'}", "test", size=64)) == 6  # every non-blank line, b.txt's too
+
+
+@pytest.mark.parametrize(("content", "size", "message"), [
+    (b"", None, "holds 0 sequence"),
+    (b"\n\n  \n", None, "holds 0 sequence"),
+    (b"text\x00with a NUL\n", None, "not a text file .it holds NUL bytes, at byte 4"),
+    (b"a" * 50 + b"\n\n" + b"b" * 60, 16, "the longest is 60 bytes: raise data.size"),
+])
+def test_text_that_cannot_be_sequences_is_refused_in_one_line(tmp_path, content, size, message):
+    (tmp_path / "t.txt").write_bytes(content)
+    for kind in ("text", "docs"):
+        with pytest.raises(DgmError, match=message) as info:
+            data.load(f"{kind}:{tmp_path / 't.txt'}", size=size)
+        assert "\n" not in str(info.value)
+    with pytest.raises(DgmError, match="no such file or folder"):
+        data.load(f"text:{tmp_path / 'missing.txt'}")
+    (tmp_path / "ok.txt").write_bytes(b"one\ntwo\n")
+    with pytest.raises(DgmError, match="channels applies to images"):
+        data.load(f"text:{tmp_path / 'ok.txt'}", channels=1)
+
+
 def test_token_batches_are_deterministic_and_keep_masks_with_their_examples(tmp_path):
     write_lines(tmp_path / "t.txt", ["a" * (1 + i % 30) for i in range(100)])
     ds = data.load(f"text:{tmp_path / 't.txt'}")

@@ -29,7 +29,7 @@ class DataConfig:
 
     name: str = "digits"  # a name from 'dgm list', or folder:PATH / npz:PATH
     representation: str | None = None  # None: the one the model asks for (e.g. binary-dynamic for Bernoulli)
-    size: PositiveInt | None = None  # folder: images are resized to size x size
+    size: PositiveInt | None = None  # folder: images are resized to size x size; text: bytes per sequence (256)
     channels: Literal[1, 3] | None = None  # folder: 1 (grayscale) or 3 (RGB)
     max_examples: PositiveInt | None = None  # train on the first N examples only (quick runs)
     # keep the labels of this many training examples, the same number per class, chosen with

@@ -70,7 +70,7 @@ DATASETS: dict[str, Source] = {
     "shapes2d": Source("point sets: 8..64 2-D points on a circle or a square outline, 10k/2k sets, 2 classes",
                        sequences.load_shapes2d, "continuous"),
     "fortunes": Source("byte-level token sequences: the fortunes of fortune-mod (apt-get install fortunes-min), "
-                       "up to 256 bytes, 90/10 holdout", sequences.load_fortunes, "levels"),
+                       "up to size (256) bytes, 90/10 holdout", sequences.load_fortunes, "levels", resizable=True),
 }
 
 #: datasets named "<prefix>:PATH"
@@ -79,8 +79,11 @@ PATTERNS: dict[str, Source] = {
                      files.load_folder, "unit", resizable=True),
     "npz": Source("a .npz with x (uint8 images or float arrays), optional y, x_test, y_test; else 90/10 holdout",
                   files.load_npz, None),
-    "text": Source("byte-level token sequences: each non-empty line of a text file, up to 256 bytes, 90/10 holdout",
-                   sequences.load_text, "levels"),
+    "text": Source("byte-level token sequences: each non-empty line of a text file or a folder's files, up to "
+                   "size (256) bytes, 90/10 holdout", sequences.load_text, "levels", resizable=True),
+    "docs": Source("byte-level token sequences: each document (lines up to a blank line) of a text file or a "
+                   "folder's files, up to size (256) bytes, 90/10 holdout", sequences.load_docs, "levels",
+                   resizable=True),
 }
 
 
@@ -128,8 +131,8 @@ def load(name: str, split: Literal["train", "test"] = "train", *, representation
         representation: how batches present the examples (see :mod:`dgm.data.core`); ``None`` for
             the dataset's natural one (:func:`default_representation`).
         device: where the tensors live.
-        size: image side in pixels for ``folder:`` datasets (default 32); elsewhere only the
-            dataset's own size is accepted.
+        size: image side in pixels for ``folder:`` datasets (default 32); bytes per sequence (the
+            context) for text (default 256); elsewhere only the dataset's own size is accepted.
         channels: 1 (grayscale) or 3 (RGB) for ``folder:`` datasets (default: from the images);
             elsewhere only the dataset's own channel count is accepted.
 

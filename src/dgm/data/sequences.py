@@ -3,11 +3,14 @@
 Both are stored padded to a fixed length, with the true length of each example (``Part.lengths``),
 so every batch carries a ``mask`` of its real tokens or points (:class:`dgm.data.core.Batch`).
 
-* ``text:PATH`` and ``fortunes``: byte-level token sequences (vocabulary 256, the bytes of UTF-8
-  text), padded with zeros to :data:`MAX_LENGTH` tokens. ``text:PATH`` reads one sequence per
-  non-empty line of a text file; ``fortunes`` one per fortune of the fortune-mod database (records
+* ``text:PATH``, ``docs:PATH`` and ``fortunes``: byte-level token sequences (vocabulary 256, the
+  bytes of UTF-8 text), padded with zeros to ``size`` tokens (the context; ``data.size``, default
+  :data:`MAX_LENGTH`). ``text:PATH`` reads one sequence per non-blank line, ``docs:PATH`` one per
+  document (blocks of lines separated by blank lines), of a text file or of every file under a
+  folder (sorted by path); ``fortunes`` one per fortune of the fortune-mod database (records
   separated by a line ``%``). Longer sequences are left out (their number is in
-  ``extras["too_long"]``). The split is the 90/10 holdout of :mod:`dgm.data.files`.
+  ``extras["too_long"]``). A file holding a NUL byte (the padding and end token) is not text and is
+  refused. The split is the 90/10 holdout of :mod:`dgm.data.files`.
 * ``shapes2d``: sets of 8 to 64 points on the outline of a circle or a square (the label), padded
   with zeros to 64 points.
 """
@@ -37,21 +40,60 @@ def pack(sequences: list[bytes], max_length: int = MAX_LENGTH) -> tuple[np.ndarr
     return x, np.array([len(s) for s in sequences], np.int64)
 
 
-def _text_part(sequences: list[bytes], split: str, source: str) -> Part:
-    """The ``split`` of ``sequences`` (holdout), those up to :data:`MAX_LENGTH` bytes, as a Part."""
-    kept = [s for s in sequences if 0 < len(s) <= MAX_LENGTH]
+def _text_part(sequences: list[bytes], req: Request, source: str) -> Part:
+    """The ``req.split`` of ``sequences`` (holdout), those up to ``req.size`` bytes, as a Part."""
+    if req.channels is not None:
+        raise DgmError("data.channels applies to images; text has none: drop it")
+    size = req.size or MAX_LENGTH
+    kept = [s for s in sequences if 0 < len(s) <= size]
     if len(kept) < 2:
-        raise DgmError(f"{source} holds {len(kept)} sequence(s) of 1 to {MAX_LENGTH} bytes; a train/test "
-                       "holdout needs at least 2")
-    x, lengths = pack([kept[i] for i in holdout(len(kept), split)])
+        longest = max(map(len, sequences), default=0)
+        hint = f"; the longest is {longest} bytes: raise data.size (the context, now {size})" if longest > size else ""
+        raise DgmError(f"{source} holds {len(kept)} sequence(s) of 1 to {size} bytes; a train/test holdout "
+                       f"needs at least 2{hint}")
+    x, lengths = pack([kept[i] for i in holdout(len(kept), req.split)], size)
     return Part(x, None, levels=VOCAB_SIZE, kind="tokens", lengths=lengths,
                 extras={"too_long": len(sequences) - len(kept)})
 
 
 def load_text(req: Request) -> Part:
-    """``text:PATH``: each non-empty line of the file (without its line break) is one sequence."""
-    path = Path(req.path).expanduser()
-    return _text_part(_read_lines(path.resolve(), *_stamp(path)), req.split, str(path))
+    """``text:PATH``: each non-blank line (without its line break) of a file, or of every file under a folder."""
+    return _text_part([line for text in _read_texts(req.path) for line in _lines(text)], req, req.path)
+
+
+def load_docs(req: Request) -> Part:
+    """``docs:PATH``: each document (lines up to a blank line) of a file, or of every file under a folder."""
+    return _text_part([doc for text in _read_texts(req.path) for doc in _documents(text)], req, req.path)
+
+
+def _lines(text: bytes) -> list[bytes]:
+    return [line.rstrip(b"\r") for line in text.split(b"\n") if line.strip()]  # blank lines are no sequence
+
+
+def _documents(text: bytes) -> list[bytes]:
+    """Blocks of non-blank lines, joined by their line breaks (a blank line holds only whitespace)."""
+    docs, block = [], []
+    for line in text.replace(b"\r\n", b"\n").split(b"\n") + [b""]:
+        if line.strip():
+            block.append(line)
+        elif block:
+            docs.append(b"\n".join(block))
+            block = []
+    return docs
+
+
+def _read_texts(name: str) -> list[bytes]:
+    """The content of the file ``name``, or of every regular file under the folder ``name``."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise DgmError(f"folder {path} holds no files: text:PATH and docs:PATH read a text file or a folder of them")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DgmError(f"cannot read text from {path}: no such file or folder")
+    return [_read_text(f.resolve(), *_stamp(f)) for f in files]
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -59,24 +101,25 @@ def _stamp(path: Path) -> tuple[int, int]:
         stat = path.stat()
     except OSError as e:
         raise DgmError(f"cannot read text file {path}: {e}") from e
-    if not path.is_file():
-        raise DgmError(f"{path} is not a file: text:PATH reads one text file, a sequence per line")
     return stat.st_mtime_ns, stat.st_size
 
 
-@functools.lru_cache(maxsize=4)
-def _read_lines(path: Path, mtime_ns: int, size: int) -> list[bytes]:
-    """The non-empty lines of ``path`` (the time and size in the cache key catch edits)."""
+@functools.lru_cache(maxsize=64)
+def _read_text(path: Path, mtime_ns: int, size: int) -> bytes:
+    """The bytes of the text file ``path`` (the time and size in the cache key catch edits)."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise DgmError(f"cannot read text file {path}: {e}") from e
-    return [line.rstrip(b"\r") for line in data.split(b"\n") if line.rstrip(b"\r")]
+    if b"\x00" in data:
+        raise DgmError(f"{path} is not a text file (it holds NUL bytes, at byte {data.index(0)}): "
+                       "text:PATH and docs:PATH read text")
+    return data
 
 
 def load_fortunes(req: Request) -> Part:
     """``fortunes``: every fortune of fortune-mod's database, one sequence each."""
-    return _text_part(_fortunes(FORTUNES_DIR), req.split, str(FORTUNES_DIR))
+    return _text_part(_fortunes(FORTUNES_DIR), req, str(FORTUNES_DIR))
 
 
 @functools.lru_cache(maxsize=1)
