@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import torch
@@ -115,6 +116,36 @@ def checked_options(temperature: float | None, top_k: int | None, top_p: float |
     options = {k: coerce(v, hints[k], "--" + k.replace("_", "-")) for k, v in given.items()}
     options["temperature"] = options["temperature"] or 1.0
     return options
+
+
+def prompt_bytes(prompt: str | None, length: int) -> list[int]:
+    """The prompt's UTF-8 bytes, checked for sequences of ``length`` tokens: no byte 0 (the end
+    token), shorter than ``length``."""
+    data = (prompt or "").encode("utf-8")
+    if END in data:
+        raise DgmError("the prompt holds a NUL byte (0), the end-of-sequence token: remove it")
+    if len(data) >= length:
+        raise DgmError(f"the prompt is {len(data)} bytes and the model's sequences hold {length}: "
+                       f"use a prompt of at most {length - 1} bytes")
+    return list(data)
+
+
+def autoregress(x: Tensor, start: int, logits: Tensor, advance: Callable[[int], Tensor],
+                pick: Callable[[Tensor], Tensor]) -> Tensor:
+    """Fill ``x (n, L)`` from position ``start`` one token at a time until every row has drawn the
+    end token (later positions stay 0) or ``L`` is reached: ``pick(logits (n, V)) -> tokens (n,)``
+    chooses position t from ``logits``, the next-token logits after position ``t - 1``; ``advance(t)``
+    gives those after position t (reading ``x``, as filled). Returns ``x``."""
+    n, L = x.shape
+    done = torch.zeros(n, dtype=torch.bool, device=x.device)
+    for t in range(start, L):
+        token = pick(full(logits))  # (n,)
+        x[:, t] = token.masked_fill(done, END)  # an ended row stays padded
+        done |= token == END
+        if t + 1 == L or bool(done.all()):
+            break
+        logits = advance(t)
+    return x
 
 
 # --- the networks: token ids in, next-token logits out ------------------------------------------------
@@ -271,13 +302,8 @@ class LanguageModel(GenerativeModel):
     # --- generation --------------------------------------------------------------------------------
     def prompt_tokens(self, prompt: str | None) -> Tensor:
         """The prompt's UTF-8 bytes as the model's tokens ``(m,)``, checked: no byte 0, shorter than ``L``."""
-        data = (prompt or "").encode("utf-8")
-        if END in data:
-            raise DgmError("the prompt holds a NUL byte (0), the end-of-sequence token: remove it")
-        if len(data) >= self.length:
-            raise DgmError(f"the prompt is {len(data)} bytes and the model's sequences hold {self.length}: "
-                           f"use a prompt of at most {self.length - 1} bytes")
-        tokens = self.subwords.encode([data])[0] if self.config.merges else list(data)
+        data = prompt_bytes(prompt, self.length)
+        tokens = self.subwords.encode([bytes(data)])[0] if self.config.merges else data
         return torch.tensor(tokens, dtype=torch.long, device=self.device)
 
     def sample(self, n: int, condition: Tensor | None = None, *, generator: torch.Generator | None = None,
@@ -299,25 +325,26 @@ class LanguageModel(GenerativeModel):
         """Ancestral sampling of ``n`` token sequences ``(n, L)`` after the tokens ``prompt (m,)``; ``cached``:
         one position per step through the network's state, else the whole prefix again at every
         step (the same samples: the check that the cache is right)."""
-        L, m = self.length, len(prompt)
-        x = torch.zeros(n, L, dtype=torch.long, device=self.device)
+        m = len(prompt)
+        x = torch.zeros(n, self.length, dtype=torch.long, device=self.device)
         x[:, :m] = prompt
         prefix = torch.cat([torch.full((n, 1), self.vocab, device=self.device), x[:, :m]], 1)  # [START, prompt]
         state = self.network.new_state(n) if cached else None
         logits, state = self.network(prefix, state)  # (n, m + 1, V)
-        done = torch.zeros(n, dtype=torch.bool, device=self.device)
-        for t in range(m, L):
-            step = truncate_logits(full(logits[:, -1]), temperature=temperature, top_k=top_k, top_p=top_p)
-            token = sample_categorical(step, -1, generator)[:, 0]  # (n,)
-            x[:, t] = token.masked_fill(done, END)  # an ended row stays padded
-            done |= token == END
-            if t + 1 == L or bool(done.all()):
-                break
+
+        def advance(t: int) -> Tensor:
+            nonlocal state
             if cached:
                 logits, state = self.network(x[:, t:t + 1], state)  # (n, 1, V)
             else:
                 logits, _ = self.network(torch.cat([prefix[:, :1], x[:, :t + 1]], 1))  # (n, t + 2, V)
-        return x
+            return logits[:, -1]
+
+        def pick(logits: Tensor) -> Tensor:
+            step = truncate_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+            return sample_categorical(step, -1, generator)[:, 0]
+
+        return autoregress(x, m, logits[:, -1], advance, pick)
 
 
 # --- the models: a network each ---------------------------------------------------------------------

@@ -207,6 +207,11 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
     def grid(x: torch.Tensor, nrow: int) -> Image.Image:
         return images.grid(to_unit(x, spec), nrow=nrow, scale=scale)
 
+    def own_figures() -> list[Figure]:  # last on the page, for every kind of data
+        return [Figure(title, None, caption, text=pictures) if isinstance(pictures, str) else
+                Figure(title, grid(pictures, columns), caption, pixelated=True)
+                for title, pictures, columns, caption in model.report_figures(generator=generator)]
+
     if "sample" in have:
         def samples() -> list[Figure]:
             reference = test.tensors(2000).x if not spec.is_image else None
@@ -222,7 +227,7 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
     if spec.shape == (2,) and spec.kind == "vector" and {"log_prob", "sample"} <= have:
         drawers.append(lambda: [density_figure(model, test, generator)])
     if not spec.is_image:
-        return drawers
+        return [*drawers, own_figures]
     batch = test.tensors(16)
     x = batch.x.to(model.device)  # (16, C, H, W)
     y = None if batch.y is None else batch.y.to(model.device)  # (16,) where the data has labels
@@ -264,11 +269,6 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
                     for title, pictures, columns, caption in drawn]
 
         drawers.append(app_figures)
-
-    def own_figures() -> list[Figure]:
-        return [Figure(title, None, caption, text=pictures) if isinstance(pictures, str) else
-                Figure(title, grid(pictures, columns), caption, pixelated=True)
-                for title, pictures, columns, caption in model.report_figures(generator=generator)]
 
     drawers.append(own_figures)
     return drawers
