@@ -347,3 +347,18 @@ def test_a_subword_run_learns_its_merges_once_and_a_loaded_run_has_them(text, tm
     config.train.epochs = 2
     resumed, _ = dgm.train(config, run_dir, resume=True)
     assert torch.equal(resumed.merge_table, merges) and len(calls) == 1
+
+
+def test_training_logs_the_held_out_bits_per_character_every_epoch(text, tmp_path):
+    """The heldout_nll monitor's last value is the nll metric of the trained model on the test split."""
+    import dgm
+    from dgm.run import RunConfig
+    from dgm.train.trainer import TrainConfig, read_csv
+
+    config = RunConfig("lstm-lm", TINY["lstm-lm"], dgm.DataConfig(text),
+                       TrainConfig(epochs=2, batch_size=8, progress=False, device="cpu", ema=0.0))
+    model, run_dir = dgm.train(config, tmp_path / "run")
+    logged = [r["test/bits"] for r in read_csv(run_dir / "metrics.csv") if "test/bits" in r]
+    assert len(logged) == 2 and logged[1] < logged[0] < 8.5
+    results = {r.unit: r for r in evaluate(model, load(text, "test"), ["nll"], progress=False)}
+    assert logged[-1] == pytest.approx(results["bits/token"].value, rel=1e-5)

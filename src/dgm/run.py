@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -199,7 +200,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[
         if (out / ckpt.TRAINER_STATE).exists():
             raise DgmError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, data, config.train, run_dir=out, callbacks=monitors(model, data))
+    trainer = Trainer(model, data, config.train, run_dir=out, callbacks=monitors(model, data, lambda: load_data(config, "test", device=device)))
     # config.json describes the run as trained: the target epochs, the batch size actually used (the
     # trainer caps it at the size of a small split)
     config.train = trainer.config
@@ -225,17 +226,26 @@ def check_resumable(run_dir: Path, epochs: int) -> None:
                        f"pass --epochs above {done} to train further")
 
 
-def monitors(model: GenerativeModel, data: Dataset) -> list[Any]:
+def monitors(model: GenerativeModel, data: Dataset, test: Callable[[], Dataset] | None = None) -> list[Any]:
     """The diagnostics logged during training: those the data calls for (mode coverage on mixtures
     with known modes) and those the model names (:meth:`GenerativeModel.monitors`, e.g. a game's
-    duality gaps), built from :data:`dgm.eval.MONITORS`."""
-    from dgm.eval import build_monitor
+    duality gaps, a language model's held-out bits per character), built from
+    :data:`dgm.eval.MONITORS`. A monitor that reads held-out data (``needs_test``) gets ``test()``,
+    the test split, as its option ``test``."""
+    from dgm.eval import MONITORS, build_monitor
     from dgm.models.base import capabilities
 
     wanted = dict(model.monitors())
     if "modes" in data.spec.extras and "sample" in capabilities(model):
         wanted.setdefault("mode_coverage", {})
-    return [build_monitor(name, options) for name, options in wanted.items()]
+    built = []
+    for name, options in wanted.items():
+        if getattr(MONITORS.get(name), "needs_test", False):
+            if test is None:
+                continue
+            options = {**options, "test": test()}
+        built.append(build_monitor(name, options))
+    return built
 
 
 def read_config(run_dir: str | Path) -> tuple[RunConfig, DataSpec]:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dgm.eval.core import EvalContext, Plan, Result, Work, metric
+from dgm.eval.core import EvalContext, Plan, Result, Work, metric, register_monitor
 from dgm.eval.likelihood import bits_per_dim, nats_per_unit
 from dgm.models.base import GenerativeModel, capabilities
 
@@ -198,3 +198,40 @@ def kl_per_layer(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
                    f"layer {i + 1} of {layers} (1: next to x), its term of the {model.elbo_description}", ctx.split,
                    {"stderr": stderr[i].item()})
             for i in range(layers)]
+
+
+# --- held-out likelihood during training ------------------------------------------------------------
+@register_monitor("heldout_nll")
+class HeldOutNLLMonitor:
+    """Trainer callback: the held-out negative log-likelihood every ``every`` epochs, in bits per
+    scored unit (per character of text: :meth:`~dgm.models.base.GenerativeModel.scored_units`; per
+    dimension otherwise) on the first ``max_examples`` test examples: exact where the model has
+    ``log_prob``, else its ELBO (an upper bound, drawn with a fixed seed so a resumed run logs the
+    same numbers). The report plots it beside the training curve."""
+
+    needs_test = True  # run.monitors passes the test split
+    logs = {"test/bits": "held-out negative log-likelihood in bits per character (per dimension for "
+                         "fixed-size data): exact, or the negative ELBO where the model has no exact likelihood"}
+
+    def __init__(self, *, test: Any, max_examples: int = 500, every: int = 1, batch_size: int = 128) -> None:
+        self.test, self.max_examples, self.every, self.batch_size = test, max_examples, every, batch_size
+
+    def on_epoch_end(self, trainer: Any, epoch: int) -> dict[str, float] | None:
+        if (epoch + 1) % self.every:
+            return None
+        model = trainer.model
+        exact = "log_prob" in capabilities(model)
+        was_training = model.training
+        model.eval()
+        nats, units = 0.0, 0.0
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the ELBO's draws: the same at every epoch and after a resume
+            data = self.test.subset(min(self.max_examples, len(self.test))).to(model.device)
+            for batch in data.batches(self.batch_size):
+                options = {} if batch.mask is None else {"mask": batch.mask}
+                log_px = model.log_prob(batch.x, **options) if exact else model.elbo(batch.x, **options)
+                nats -= float(log_px.double().sum())
+                units += float(model.scored_units(batch.mask.sum(1)).sum()) if batch.mask is not None else \
+                    len(batch.x) * model.spec.dim
+        model.train(was_training)
+        return {"test/bits": nats / units / math.log(2)}

@@ -299,6 +299,9 @@ class LanguageModel(GenerativeModel):
         nll = -self.step_log_probs(x, mask).sum() / scored
         return Loss(nll, {"bits_per_char": nll.detach() / math.log(2)})
 
+    def monitors(self) -> dict[str, dict]:
+        return {"heldout_nll": {}}  # held-out bits per character after every epoch, for the report
+
     # --- generation --------------------------------------------------------------------------------
     def prompt_tokens(self, prompt: str | None) -> Tensor:
         """The prompt's UTF-8 bytes as the model's tokens ``(m,)``, checked: no byte 0, shorter than ``L``."""

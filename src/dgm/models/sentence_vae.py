@@ -252,6 +252,9 @@ class SentenceVAE(GenerativeModel):
     def kl_per_dim(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         return VAE.analytic_kl(*self.posterior(x, mask))
 
+    def monitors(self) -> dict[str, dict]:
+        return {"heldout_nll": {}}  # held-out bits per character after every epoch, for the report
+
     # --- codes and generation ---------------------------------------------------------------------
     def encode(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """The posterior mean, ``(B, latent_dim)``."""

@@ -108,7 +108,7 @@ def monitor_descriptions(model: GenerativeModel, test: Dataset) -> dict[str, str
     from dgm.run import monitors
 
     described: dict[str, str] = {}
-    for callback in monitors(model, test):
+    for callback in monitors(model, test, lambda: test):
         described.update(getattr(callback, "logs", {}) or {})
     return described
 
