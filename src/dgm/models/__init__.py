@@ -26,6 +26,7 @@ from dgm.models import classical  # noqa: F401  (PPCA, factor analysis, the Gaus
 from dgm.models import conditional_vae, semisupervised  # noqa: F401  (CVAE, CSVAE; M2, M1+M2, the partially supervised VAE)
 from dgm.models import disentangled, ladder_vae, vqvae  # noqa: F401  (beta-TC-VAE, IDVAE; the ladder VAE; VQ-VAE)
 from dgm.models import language  # noqa: F401  (the LSTM and transformer language models)
+from dgm.models import outline_gan  # noqa: F401  (text from a GAN over sentence embeddings)
 from dgm.models import sentence_vae  # noqa: F401  (the sentence VAE of Bowman et al. 2016)
 
 __all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "Stage", "capabilities", "capability",

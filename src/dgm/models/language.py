@@ -118,6 +118,34 @@ def checked_options(temperature: float | None, top_k: int | None, top_p: float |
     return options
 
 
+# --- teacher forcing, shared by every model of token sequences ---------------------------------------
+def real_tokens(x: Tensor, mask: Tensor | None) -> Tensor:
+    """``(B, L)`` bool: ``mask``, or the tokens before the first END when there is none."""
+    return mask.bool() if mask is not None else (x == END).long().cumsum(1) == 0
+
+
+def scored_targets(x: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+    """The targets of every scored position ``(B, T)`` (the real tokens, then END, then END as
+    filler) and each row's length ``n (B, 1)``. On the CPU ``T`` is cut after the longest row's end
+    token; elsewhere ``T = L``, since reading the length would stall the device every step."""
+    n = real.sum(1, keepdim=True)  # (B, 1)
+    T = min(int(n.max()) + 1, x.shape[1]) if x.device.type == "cpu" else x.shape[1]
+    t = torch.arange(T, device=x.device)
+    return torch.where(t < n, x[:, :T].long(), END), n
+
+
+def target_log_probs(logits: Tensor, target: Tensor, n: Tensor) -> Tensor:
+    """``log p(target_t | ...)`` from the logits ``(B, T, V)`` of every position, 0 after each row's
+    end token (position ``n``): ``(B, T)``."""
+    lp = F.log_softmax(full(logits), -1).gather(-1, target[..., None])[..., 0]  # (B, T)
+    return torch.where(torch.arange(target.shape[1], device=target.device) <= n, lp, 0.0)
+
+
+def with_start(target: Tensor, start: int) -> Tensor:
+    """The inputs ``[START, x_0, .., x_{T-2}]`` that predict ``target (B, T)``: input t is x_{t-1}."""
+    return torch.cat([torch.full_like(target[:, :1], start), target[:, :-1]], 1)
+
+
 def prompt_bytes(prompt: str | None, length: int) -> list[int]:
     """The prompt's UTF-8 bytes, checked for sequences of ``length`` tokens: no byte 0 (the end
     token), shorter than ``length``."""
@@ -184,6 +212,67 @@ class TransformerNetwork(nn.Module):
 
     def forward(self, ids: Tensor, state: KVCache | None = None) -> tuple[Tensor, Any]:
         return self.head(self.transformer(self.embedding(ids), cache=state)), state  # (B, T, V)
+
+
+class ConditionedLSTM(nn.Module):
+    """embedding -> LSTM -> linear, conditioned on a code ``c (B, d)`` (a sentence VAE's z, an outline's
+    embedding) that sets the initial state ``(tanh(W_h c), W_c c)`` and is joined to every input, so
+    each step sees it: ``ids (B, T)`` (``V`` the start symbol, ``V + 1`` an UNK symbol for word dropout)
+    and ``c`` to logits ``(B, T, V)``, output t seeing ids ``<= t``; the state ``(h, c)``, each
+    ``(layers, B, hidden)``, carries the prefix (``None``: the state of the code)."""
+
+    def __init__(self, vocab: int, width: int, hidden: int, layers: int, code_dim: int) -> None:
+        super().__init__()
+        self.start, self.unk = vocab, vocab + 1
+        self.layers, self.hidden = layers, hidden
+        self.embedding = nn.Embedding(vocab + 2, width)  # rows V: start, V + 1: UNK
+        self.initial = nn.Linear(code_dim, 2 * layers * hidden)  # c -> (h_0, c_0)
+        self.lstm = nn.LSTM(width + code_dim, hidden, layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def initial_state(self, code: Tensor) -> tuple[Tensor, Tensor]:
+        h, c = self.initial(code).view(len(code), 2, self.layers, self.hidden).permute(1, 2, 0, 3)  # (layers, B, hidden)
+        return torch.tanh(h).contiguous(), c.contiguous()
+
+    def forward(self, ids: Tensor, code: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Any]:
+        return self.from_embeddings(self.embedding(ids), code, state)
+
+    def from_embeddings(self, inputs: Tensor, code: Tensor, state: tuple[Tensor, Tensor] | None = None
+                        ) -> tuple[Tensor, Any]:
+        """The logits of embedded inputs ``(B, T, width)`` (the causal-order tests differentiate these)."""
+        state = self.initial_state(code) if state is None else state
+        steps = torch.cat([inputs, code[:, None].expand(-1, inputs.shape[1], -1)], -1)  # (B, T, width + d)
+        out, state = self.lstm(steps, state)  # (B, T, hidden)
+        return self.head(out), state
+
+    @inference  # the state is made and used inside inference mode
+    def generate(self, code: Tensor, prompt: Tensor, length: int, pick: Callable[[Tensor], Tensor]) -> Tensor:
+        """Token sequences ``(B, length)`` from p(x | code) after the tokens ``prompt (m,)``, one position
+        per step through the state; ``pick(logits (B, V)) -> tokens (B,)`` chooses each token."""
+        n, m = len(code), len(prompt)
+        x = torch.zeros(n, length, dtype=torch.long, device=code.device)
+        x[:, :m] = prompt
+        logits, state = self(with_start(x[:, :m + 1], self.start), code)  # (n, m + 1, V): [START, prompt]
+
+        def advance(t: int) -> Tensor:
+            nonlocal state
+            logits, state = self(x[:, t:t + 1], code, state)  # (n, 1, V)
+            return logits[:, -1]
+
+        return autoregress(x, m, logits[:, -1], advance, pick)
+
+
+def picker(generator: torch.Generator | None, *, greedy: bool = False, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None) -> Callable[[Tensor], Tensor]:
+    """How a sampler chooses a token from logits ``(B, V)``: the argmax (``greedy``), or a draw from
+    the logits as :func:`truncate_logits` reshapes them."""
+    def pick(logits: Tensor) -> Tensor:
+        if greedy:
+            return logits.argmax(-1)
+        step = truncate_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        return sample_categorical(step, -1, generator)[:, 0]
+
+    return pick
 
 
 # --- the process -----------------------------------------------------------------------------------
@@ -271,16 +360,9 @@ class LanguageModel(GenerativeModel):
         which come first (``None``: the bytes before the first 0). On the CPU the batch is cut after
         its longest sequence's end token; elsewhere it is not, since reading the length would stall
         the device every step."""
-        real = mask.bool() if mask is not None else (x == END).long().cumsum(1) == 0
-        x, real = self.token_ids(x.long(), real)
-        n = real.sum(1, keepdim=True)  # (B, 1)
-        T = min(int(n.max()) + 1, x.shape[1]) if x.device.type == "cpu" else x.shape[1]
-        t = torch.arange(T, device=x.device)
-        target = torch.where(t < n, x[:, :T], END)  # (B, T): the real tokens, then the end token
-        start = torch.full_like(target[:, :1], self.vocab)
-        logits, _ = self.network(torch.cat([start, target[:, :-1]], 1))  # (B, T, V): input t is x_{t-1}
-        lp = F.log_softmax(full(logits), -1).gather(-1, target[..., None])[..., 0]  # (B, T)
-        return torch.where(t <= n, lp, 0.0)
+        target, n = scored_targets(*self.token_ids(x.long(), real_tokens(x, mask)))
+        logits, _ = self.network(with_start(target, self.vocab))  # (B, T, V)
+        return target_log_probs(logits, target, n)
 
     def scored_units(self, lengths: Tensor) -> Tensor:
         """The real tokens and, for a sequence shorter than the padded length, its end token."""
@@ -293,10 +375,9 @@ class LanguageModel(GenerativeModel):
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         """Mean NLL per scored byte (real bytes and end tokens), nats; logged in bits per character
         (the training split's bits/char; the same unit as the ``nll`` metric on held-out text)."""
-        x = batch.x
-        mask = batch.mask if batch.mask is not None else (x == END).long().cumsum(1) == 0
+        mask = real_tokens(batch.x, batch.mask)
         scored = self.scored_units(mask.sum(1)).sum()  # real bytes + end tokens
-        nll = -self.step_log_probs(x, mask).sum() / scored
+        nll = -self.step_log_probs(batch.x, mask).sum() / scored
         return Loss(nll, {"bits_per_char": nll.detach() / math.log(2)})
 
     def monitors(self) -> dict[str, dict]:
@@ -343,10 +424,7 @@ class LanguageModel(GenerativeModel):
                 logits, _ = self.network(torch.cat([prefix[:, :1], x[:, :t + 1]], 1))  # (n, t + 2, V)
             return logits[:, -1]
 
-        def pick(logits: Tensor) -> Tensor:
-            step = truncate_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-            return sample_categorical(step, -1, generator)[:, 0]
-
+        pick = picker(generator, temperature=temperature, top_k=top_k, top_p=top_p)
         return autoregress(x, m, logits[:, -1], advance, pick)
 
 

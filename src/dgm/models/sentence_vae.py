@@ -42,20 +42,17 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from dgm.data.core import Batch, DataSpec
 from dgm.data.pictures import decode_tokens
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Progress, inference, rand, randn, register
-from dgm.models.dct_transformer import full
-from dgm.models.language import (ANCESTRAL, END, LanguageModel, autoregress, checked_options, prompt_bytes,
-                                 truncate_logits)
+from dgm.models.base import GenerativeModel, Loss, Progress, rand, randn, register
+from dgm.models.language import (ANCESTRAL, ConditionedLSTM, LanguageModel, checked_options, picker, prompt_bytes,
+                                 real_tokens, scored_targets, target_log_probs, with_start)
 from dgm.models.vae import VAE, weighted_kl
 from dgm.nn.distributions import diagonal_gaussian, normal_log_prob
-from dgm.nn.likelihoods import sample_categorical
 from dgm.settings import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
 
 INTERPOLATION_POINTS = 7  # codes decoded on each line between two codes in the report (Bowman sec. 5)
@@ -99,36 +96,6 @@ class SequenceEncoder(nn.Module):
         return self.head(last)
 
 
-class LatentLSTMDecoder(nn.Module):
-    """embedding -> LSTM -> linear with the code z in the initial state and beside every input:
-    ``ids (B, T)`` (``V`` the start symbol, ``V + 1`` UNK) and ``z (B, latent)`` to logits ``(B, T, V)``;
-    the state ``(h, c)``, each ``(layers, B, hidden)``, carries the prefix (``None``: the state of z)."""
-
-    def __init__(self, vocab: int, width: int, hidden: int, layers: int, latent: int) -> None:
-        super().__init__()
-        self.start, self.unk = vocab, vocab + 1
-        self.layers, self.hidden = layers, hidden
-        self.embedding = nn.Embedding(vocab + 2, width)  # rows V: start, V + 1: UNK (word dropout)
-        self.initial = nn.Linear(latent, 2 * layers * hidden)  # z -> (h_0, c_0)
-        self.lstm = nn.LSTM(width + latent, hidden, layers, batch_first=True)
-        self.head = nn.Linear(hidden, vocab)
-
-    def initial_state(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        h, c = self.initial(z).view(len(z), 2, self.layers, self.hidden).permute(1, 2, 0, 3)  # each (layers, B, hidden)
-        return torch.tanh(h).contiguous(), c.contiguous()
-
-    def forward(self, ids: Tensor, z: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple]:
-        return self.from_embeddings(self.embedding(ids), z, state)
-
-    def from_embeddings(self, inputs: Tensor, z: Tensor, state: tuple[Tensor, Tensor] | None = None
-                        ) -> tuple[Tensor, tuple]:
-        """The logits of embedded inputs ``(B, T, width)`` (the causal-order test differentiates these)."""
-        state = self.initial_state(z) if state is None else state
-        steps = torch.cat([inputs, z[:, None].expand(-1, inputs.shape[1], -1)], -1)  # (B, T, width + latent)
-        out, state = self.lstm(steps, state)  # (B, T, hidden)
-        return self.head(out), state
-
-
 # --- the process -----------------------------------------------------------------------------------
 @register
 class SentenceVAE(GenerativeModel):
@@ -158,20 +125,15 @@ class SentenceVAE(GenerativeModel):
         c = config
         self.vocab, self.length = spec.vocab_size, spec.shape[0]  # V, L
         self.encoder = SequenceEncoder(self.vocab, c.width, c.hidden, c.layers, c.bidirectional, c.latent_dim)
-        self.decoder = LatentLSTMDecoder(self.vocab, c.width, c.hidden, c.layers, c.latent_dim)
+        self.decoder = ConditionedLSTM(self.vocab, c.width, c.hidden, c.layers, c.latent_dim)
 
     #: the language models' units: the real tokens and the end token of every sequence shorter than L
     scored_units = LanguageModel.scored_units
 
     # --- the two halves ---------------------------------------------------------------------------
-    @staticmethod
-    def real_tokens(x: Tensor, mask: Tensor | None) -> Tensor:
-        """``(B, L)`` bool: ``mask``, or the tokens before the first END."""
-        return mask.bool() if mask is not None else (x == END).long().cumsum(1) == 0
-
     def posterior(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z|x), each ``(B, latent_dim)``."""
-        return diagonal_gaussian(self.encoder(x.long(), self.real_tokens(x, mask).sum(1)))
+        return diagonal_gaussian(self.encoder(x.long(), real_tokens(x, mask).sum(1)))
 
     def word_dropout(self, inputs: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:
         """Decoder inputs ``(B, T)`` ``[START, x_0, ..]`` with each input after the start symbol
@@ -189,15 +151,10 @@ class SentenceVAE(GenerativeModel):
         the end token (``t == n < L``), 0 after; as ``LanguageModel.step_log_probs`` with z. On the CPU
         the batch is cut after its longest sequence's end token (reading the length on a device would
         stall it every step). ``word_dropout``: the training inputs' UNK rate (0: the exact likelihood)."""
-        x = x.long()
-        n = self.real_tokens(x, mask).sum(1, keepdim=True)  # (B, 1)
-        T = min(int(n.max()) + 1, x.shape[1]) if x.device.type == "cpu" else x.shape[1]
-        t = torch.arange(T, device=x.device)
-        target = torch.where(t < n, x[:, :T], END)  # (B, T): the real tokens, then the end token
-        inputs = torch.cat([torch.full_like(target[:, :1], self.decoder.start), target[:, :-1]], 1)
-        logits, _ = self.decoder(self.word_dropout(inputs, word_dropout, generator), z)  # (B, T, V)
-        lp = F.log_softmax(full(logits), -1).gather(-1, target[..., None])[..., 0]  # (B, T)
-        return torch.where(t <= n, lp, 0.0)
+        target, n = scored_targets(x, real_tokens(x, mask))
+        inputs = self.word_dropout(with_start(target, self.decoder.start), word_dropout, generator)
+        logits, _ = self.decoder(inputs, z)  # (B, T, V)
+        return target_log_probs(logits, target, n)
 
     def log_likelihood(self, x: Tensor, mask: Tensor | None, z: Tensor) -> Tensor:
         """Exact log p(x|z) in nats, ``(B,)``."""
@@ -208,7 +165,7 @@ class SentenceVAE(GenerativeModel):
         """-ELBO per scored token (real tokens and end tokens), nats, with the KL term weighted by
         warm-up and free bits and the decoder's inputs thinned by word dropout (module docstring)."""
         c = self.config
-        x, mask = batch.x, self.real_tokens(batch.x, batch.mask)
+        x, mask = batch.x, real_tokens(batch.x, batch.mask)
         mu, logvar = self.posterior(x, mask)
         z = VAE.reparameterize(mu, logvar, progress.generator)
         rate = c.word_dropout if self.training else 0.0
@@ -233,7 +190,7 @@ class SentenceVAE(GenerativeModel):
     def log_weights(self, x: Tensor, k: int, mask: Tensor | None = None, *,
                     generator: torch.Generator | None = None) -> Tensor:
         """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for z_i ~ q(z|x), ``(k, B)``."""
-        mask = self.real_tokens(x, mask)
+        mask = real_tokens(x, mask)
         mu, logvar = self.posterior(x, mask)
         B, d = mu.shape
         z = mu + randn((k, B, d), like=mu, generator=generator) * (0.5 * logvar).exp()  # (k, B, d)
@@ -282,30 +239,13 @@ class SentenceVAE(GenerativeModel):
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
         return self.generate(z, prefix, generator=generator, **options)
 
-    @inference
     def generate(self, z: Tensor, prompt: Tensor, *, generator: torch.Generator | None = None, greedy: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tensor:
         """Token sequences ``(B, L)`` from p(x|z) for codes ``z (B, latent_dim)`` after the tokens
         ``prompt (m,)``, one position per step through the LSTM state; ``greedy``: the argmax at
         each step, else a draw from the truncated conditionals."""
-        n, L, m = len(z), self.length, len(prompt)
-        x = torch.zeros(n, L, dtype=torch.long, device=self.device)
-        x[:, :m] = prompt
-        prefix = torch.cat([torch.full((n, 1), self.decoder.start, device=self.device), x[:, :m]], 1)
-        logits, state = self.decoder(prefix, z)  # (n, m + 1, V)
-
-        def advance(t: int) -> Tensor:
-            nonlocal state
-            logits, state = self.decoder(x[:, t:t + 1], z, state)  # (n, 1, V)
-            return logits[:, -1]
-
-        def pick(logits: Tensor) -> Tensor:
-            if greedy:
-                return logits.argmax(-1)
-            step = truncate_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-            return sample_categorical(step, -1, generator)[:, 0]
-
-        return autoregress(x, m, logits[:, -1], advance, pick)
+        pick = picker(generator, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p)
+        return self.decoder.generate(z, prompt, self.length, pick)
 
     def report_figures(self, *, generator: torch.Generator | None = None) -> list[tuple[str, Tensor | str, int, str]]:
         """Homotopies (Bowman sec. 5): greedy decodings of evenly spaced codes on the line between two
