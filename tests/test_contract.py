@@ -50,13 +50,14 @@ TINY = {
     "sentence-vae": {"latent_dim": 3, "width": 8, "hidden": 16},
     "outline-gan": {"embed_dim": 4, "width": 8, "encoder_hidden": 8, "decoder_hidden": 16, "noise_dim": 3,
                     "hidden": (16,), "critic_steps": 2, "autoencoder_epochs": 1},
+    "prodlda": {"topics": 3, "vocab_size": 16, "hidden": (16,)},
     "vqvae": {"num_codes": 8, "code_dim": 4, "width": 8, "num_res_blocks": 1, "downsampling": 2, "prior_width": 8,
               "prior_depth": 1, "prior_heads": 2, "vqvae_epochs": 1},
     "idvae": {"latent_dim": 3, "hidden": (16,), "prior_hidden": (8,), "auxiliary": "labels"},
 }
 #: models that read another kind of data than the labelled images the contract uses
 POINT_SET_MODELS = {"set-flow"}
-TOKEN_MODELS = {"lstm-lm", "transformer-lm", "sentence-vae", "outline-gan"}
+TOKEN_MODELS = {"lstm-lm", "transformer-lm", "sentence-vae", "outline-gan", "prodlda"}
 
 
 def token_dataset():

@@ -28,6 +28,7 @@ from dgm.models import disentangled, ladder_vae, vqvae  # noqa: F401  (beta-TC-V
 from dgm.models import language  # noqa: F401  (the LSTM and transformer language models)
 from dgm.models import outline_gan  # noqa: F401  (text from a GAN over sentence embeddings)
 from dgm.models import sentence_vae  # noqa: F401  (the sentence VAE of Bowman et al. 2016)
+from dgm.models import topic_model  # noqa: F401  (ProdLDA, a neural topic model)
 
 __all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "Stage", "capabilities", "capability",
            "create", "fits_in_closed_form", "model_class", "register"]

@@ -286,20 +286,32 @@ class LanguageConfig:
     merges: NonNegativeInt = 0
 
 
-class LanguageModel(GenerativeModel):
+class TextModel(GenerativeModel):
+    """What every model of token sequences shares: it refuses other data in one line, and counts the
+    language models' units (the real tokens, and the end token of every sequence shorter than L)."""
+
+    #: what the model reads from a text, for the refusal of other data
+    reads = "token sequences"
+
+    @classmethod
+    def default_representation(cls, config: Any, spec: DataSpec) -> str:
+        if spec.kind != "tokens":
+            raise DgmError(f"model {cls.name!r} models {cls.reads}, but {spec.name!r} holds {spec.kind} data: "
+                           f"use --data text:PATH (a sequence per line), docs:PATH (per document) or fortunes")
+        return "levels"
+
+    def scored_units(self, lengths: Tensor) -> Tensor:
+        """The real tokens and, for a sequence shorter than the padded length, its end token."""
+        return lengths + (lengths < self.spec.shape[0]).to(lengths.dtype)
+
+
+class LanguageModel(TextModel):
     """The autoregressive process over byte sequences, written once (module docstring): the start
     symbol, the exact likelihood with the end token, the loss and the cached ancestral sampler. A
     subclass builds its network in :meth:`build_network`."""
 
     Config = LanguageConfig
     samplers = (ANCESTRAL,)
-
-    @classmethod
-    def default_representation(cls, config: LanguageConfig, spec: DataSpec) -> str:
-        if spec.kind != "tokens":
-            raise DgmError(f"model {cls.name!r} models token sequences, but {spec.name!r} holds {spec.kind} data: "
-                           f"use --data text:PATH (a sequence per line) or --data fortunes")
-        return "levels"
 
     def __init__(self, config: LanguageConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
@@ -363,10 +375,6 @@ class LanguageModel(GenerativeModel):
         target, n = scored_targets(*self.token_ids(x.long(), real_tokens(x, mask)))
         logits, _ = self.network(with_start(target, self.vocab))  # (B, T, V)
         return target_log_probs(logits, target, n)
-
-    def scored_units(self, lengths: Tensor) -> Tensor:
-        """The real tokens and, for a sequence shorter than the padded length, its end token."""
-        return lengths + (lengths < self.spec.shape[0]).to(lengths.dtype)
 
     def log_prob(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Exact ``log p(x)`` in nats, ``(B,)``: the real tokens and the end token (module docstring)."""

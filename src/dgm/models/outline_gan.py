@@ -43,9 +43,9 @@ from torch import Tensor, nn
 from dgm.data.core import Batch, DataSpec
 from dgm.data.pictures import decode_tokens
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Phase, Progress, Stage, inference, randn, register
+from dgm.models.base import Loss, Phase, Progress, Stage, inference, randn, register
 from dgm.models.gan import gradient_penalty
-from dgm.models.language import (ANCESTRAL, ConditionedLSTM, LanguageModel, checked_options, picker, prompt_bytes,
+from dgm.models.language import (ANCESTRAL, ConditionedLSTM, TextModel, checked_options, picker, prompt_bytes,
                                  real_tokens, scored_targets, target_log_probs, with_start)
 from dgm.nn import MLP
 from dgm.nn.adversarial import MLPFeatures
@@ -96,7 +96,7 @@ class OutlineGANConfig:
 
 
 @register
-class OutlineGAN(GenerativeModel):
+class OutlineGAN(TextModel):
     """A sentence autoencoder, then a WGAN-GP over its embeddings; samples decode generated
     embeddings (module docstring).
 
@@ -111,13 +111,6 @@ class OutlineGAN(GenerativeModel):
     Config = OutlineGANConfig
     description = "text GAN over sentence embeddings of an autoencoder, decoded by a conditional LSTM (WGAN-GP)"
     samplers = (ANCESTRAL,)
-
-    @classmethod
-    def default_representation(cls, config: OutlineGANConfig, spec: DataSpec) -> str:
-        if spec.kind != "tokens":
-            raise DgmError(f"model {cls.name!r} models token sequences, but {spec.name!r} holds {spec.kind} data: "
-                           f"use --data text:PATH (a sequence per line) or --data fortunes")
-        return "levels"
 
     def __init__(self, config: OutlineGANConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
@@ -142,8 +135,6 @@ class OutlineGAN(GenerativeModel):
         logits, _ = self.decoder(with_start(target, self.decoder.start), e)  # (B, T, V)
         return target_log_probs(logits, target, n)
 
-    #: the language models' units: the real tokens and the end token of every sequence shorter than L
-    scored_units = LanguageModel.scored_units
 
     # --- training ------------------------------------------------------------------------------------
     def phases(self) -> list[Phase]:

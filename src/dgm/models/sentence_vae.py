@@ -48,8 +48,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from dgm.data.core import Batch, DataSpec
 from dgm.data.pictures import decode_tokens
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Progress, rand, randn, register
-from dgm.models.language import (ANCESTRAL, ConditionedLSTM, LanguageModel, checked_options, picker, prompt_bytes,
+from dgm.models.base import Loss, Progress, rand, randn, register
+from dgm.models.language import (ANCESTRAL, ConditionedLSTM, TextModel, checked_options, picker, prompt_bytes,
                                  real_tokens, scored_targets, target_log_probs, with_start)
 from dgm.models.vae import VAE, weighted_kl
 from dgm.nn.distributions import diagonal_gaussian, normal_log_prob
@@ -98,7 +98,7 @@ class SequenceEncoder(nn.Module):
 
 # --- the process -----------------------------------------------------------------------------------
 @register
-class SentenceVAE(GenerativeModel):
+class SentenceVAE(TextModel):
     """The sentence VAE of Bowman et al. 2016 (arXiv:1511.06349) over byte sequences: a (bi)LSTM
     encoder, an LSTM decoder fed z at every step, KL warm-up, free bits and word dropout.
 
@@ -114,11 +114,6 @@ class SentenceVAE(GenerativeModel):
     description = "sentence VAE: LSTM encoder and z-conditioned LSTM language model, word dropout (Bowman et al. 2016)"
     samplers = (ANCESTRAL,)
 
-    @classmethod
-    def default_representation(cls, config: SentenceVAEConfig, spec: DataSpec) -> str:
-        # the language models' check (token data only), under this model's name
-        return LanguageModel.default_representation.__func__(cls, config, spec)
-
     def __init__(self, config: SentenceVAEConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
         self.default_representation(config, spec)
@@ -126,9 +121,6 @@ class SentenceVAE(GenerativeModel):
         self.vocab, self.length = spec.vocab_size, spec.shape[0]  # V, L
         self.encoder = SequenceEncoder(self.vocab, c.width, c.hidden, c.layers, c.bidirectional, c.latent_dim)
         self.decoder = ConditionedLSTM(self.vocab, c.width, c.hidden, c.layers, c.latent_dim)
-
-    #: the language models' units: the real tokens and the end token of every sequence shorter than L
-    scored_units = LanguageModel.scored_units
 
     # --- the two halves ---------------------------------------------------------------------------
     def posterior(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
