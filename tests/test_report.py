@@ -254,3 +254,24 @@ def test_latent_traversal_moves_one_dimension_per_row_over_its_test_range_and_ke
         torch.testing.assert_close(rows[row, :, d], torch.linspace(low[d].item(), high[d].item(), TRAVERSAL_STEPS))
         kept = [i for i in range(4) if i != d]
         assert torch.equal(rows[row][:, kept], x.flatten()[kept].expand(TRAVERSAL_STEPS, 3))
+
+
+def test_a_text_model_report_shows_text_figures_and_held_out_bits_and_reuses_them(tmp_path):
+    """A text run's report: samples and the model's own figures (a sentence VAE's interpolations) as
+    text, the held-out bits per character of every epoch among the diagnostics; a second report
+    reads the text figures back from the cache."""
+    lines = ["the cat sat on the mat", "a dog ran far away", "birds sing in the morning", "rain falls on roofs"] * 6
+    (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "svae"
+    assert main(["train", "sentence-vae", "--data", f"text:{tmp_path / 'lines.txt'}", "--epochs", "2", "--out", str(run),
+                 "--set", "model.latent_dim=4", "--set", "model.width=8", "--set", "model.hidden=16",
+                 "--set", "train.batch_size=8", "--quiet"]) == 0
+    for _ in range(2):  # drawn, then read back from RUN/figures
+        page = (run / "report.html").read_text()
+        texts = dict(re.findall(r"<h2>([^<]*)</h2><figure><pre>(.*?)</pre>", page, re.S))
+        assert {"Samples", "Interpolations"} <= set(texts) and texts["Interpolations"].startswith("pair 1")
+        shown = {title: caption for title, _, caption in figures(page)}
+        assert "test/bits: held-out negative log-likelihood in bits per character" in shown["Convergence diagnostics"]
+        assert main(["report", str(run)]) == 0
+    index = json.loads((run / "figures" / "figures.json").read_text())
+    assert any(entry["file"] is None and entry["title"] == "Interpolations" for entry in index["figures"])
