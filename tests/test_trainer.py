@@ -64,10 +64,9 @@ def test_two_phase_model_trains_through_the_unchanged_trainer():
     data = shifted_vectors()
     model = MeanGame(MeanGameConfig(critic_steps=2), data.spec)
     Trainer(model, data, TrainConfig(epochs=40, batch_size=64, progress=False, device="cpu")).fit()
-    # the cycle is critic, critic, generator, restarting each epoch (8 batches per epoch)
+    # the cycle is critic, critic, generator, running on across epochs (8 batches per epoch)
     phases = [c[0] for c in model.calls]
-    epoch = ["critic", "critic", "generator"] * 2 + ["critic", "critic"]
-    assert phases == epoch * 40
+    assert phases == (["critic", "critic", "generator"] * 107)[:320]
     # each phase moves only its own parameters: between a critic call and the next call mu is fixed,
     # between a generator call and the next call w is fixed
     for (phase, mu, w), (_, mu_next, w_next) in zip(model.calls, model.calls[1:]):
@@ -77,6 +76,15 @@ def test_two_phase_model_trains_through_the_unchanged_trainer():
             assert w_next == w
     # and the game reaches its equilibrium
     assert abs(model.mu.item() - 1.5) < 0.1
+
+
+def test_an_epoch_shorter_than_a_round_still_reaches_every_phase():
+    """Two batches an epoch and a round of five critic steps and a generator step: the round runs on
+    across epochs, so the generator trains (it restarted each epoch before, and never did)."""
+    data = shifted_vectors(n=128)
+    model = MeanGame(MeanGameConfig(critic_steps=5), data.spec)
+    Trainer(model, data, TrainConfig(epochs=6, batch_size=64, progress=False, device="cpu")).fit()
+    assert [c[0] for c in model.calls] == (["critic"] * 5 + ["generator"]) * 2
 
 
 def test_phase_epochs_switch_stages():

@@ -9,7 +9,7 @@ every step on a fresh batch::
     for stage in stages:                           # e.g. a VQ-VAE, then a prior over its codes
       for epoch in stage's epochs:                 # the learning-rate schedule runs over the stage
         for i, batch in enumerate(data.batches(...)):
-            phase = cycle[i % len(cycle)]          # e.g. [critic] * 5 + [generator]
+            phase = cycle[stage_step % len(cycle)]  # e.g. [critic] * 5 + [generator], across epochs
             loss = model.loss(batch, phase.name, progress)
             step(phase.optimizer, loss)
             sums += loss.detach()                  # on the device: no host sync in the loop
@@ -346,7 +346,9 @@ class Trainer:
                 for batch in batches:
                     if pos.batch >= self.steps_per_epoch:
                         break
-                    phase = cycle[pos.batch % len(cycle)]
+                    # the round runs on across epochs: an epoch shorter than a round (a small split,
+                    # five critic steps and a generator step) still reaches every phase
+                    phase = cycle[(pos.step - first * self.steps_per_epoch) % len(cycle)]
                     try:
                         with autocast:
                             out = self.model.loss(batch, phase.name, Progress(
