@@ -304,6 +304,21 @@ class TextModel(GenerativeModel):
         """The real tokens and, for a sequence shorter than the padded length, its end token."""
         return lengths + (lengths < self.spec.shape[0]).to(lengths.dtype)
 
+    def prompt_tokens(self, prompt: str | None) -> Tensor:
+        """The prompt's UTF-8 bytes as the model's tokens ``(m,)``, checked: no byte 0, shorter than ``L``."""
+        return torch.tensor(prompt_bytes(prompt, self.spec.shape[0]), dtype=torch.long, device=self.device)
+
+    def ancestral_options(self, condition: Tensor | None, sampler: str | None, temperature: float | None,
+                          top_k: int | None, top_p: float | None, prompt: str | None) -> tuple[Tensor, dict[str, Any]]:
+        """The arguments of an unconditional ``ancestral`` sampler, checked (one line each): the
+        prompt's tokens and the options of :func:`truncate_logits`."""
+        if condition is not None:
+            raise DgmError(f"model {self.name!r} is unconditional: drop the condition (--class)")
+        if sampler not in (None, ANCESTRAL.name):
+            raise DgmError(f"model {self.name!r} has no sampler {sampler!r}: use {ANCESTRAL.name}")
+        options = checked_options(temperature, top_k, top_p, prompt)
+        return self.prompt_tokens(options.pop("prompt")), options
+
 
 class LanguageModel(TextModel):
     """The autoregressive process over byte sequences, written once (module docstring): the start
@@ -403,12 +418,8 @@ class LanguageModel(TextModel):
                top_p: float | None = None, prompt: str | None = None) -> Tensor:
         """``n`` byte sequences ``(n, L)`` int64, padded with 0 after the end token (the data's format),
         each starting with ``prompt``'s bytes; the options as :func:`truncate_logits`."""
-        if condition is not None:
-            raise DgmError(f"model {self.name!r} is unconditional: drop the condition (--class)")
-        if sampler not in (None, ANCESTRAL.name):
-            raise DgmError(f"model {self.name!r} has no sampler {sampler!r}: use {ANCESTRAL.name}")
-        options = checked_options(temperature, top_k, top_p, prompt)
-        tokens = self.generate(n, self.prompt_tokens(options.pop("prompt")), generator=generator, **options)
+        prompt_ids, options = self.ancestral_options(condition, sampler, temperature, top_k, top_p, prompt)
+        tokens = self.generate(n, prompt_ids, generator=generator, **options)
         return self.byte_sequences(tokens)
 
     @inference  # the cache is written in place: made and used inside inference mode

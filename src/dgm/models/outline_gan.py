@@ -45,8 +45,8 @@ from dgm.data.pictures import decode_tokens
 from dgm.errors import DgmError
 from dgm.models.base import Loss, Phase, Progress, Stage, inference, randn, register
 from dgm.models.gan import gradient_penalty
-from dgm.models.language import (ANCESTRAL, ConditionedLSTM, TextModel, checked_options, picker, prompt_bytes,
-                                 real_tokens, scored_targets, target_log_probs, with_start)
+from dgm.models.language import (ANCESTRAL, ConditionedLSTM, TextModel, picker, real_tokens, scored_targets,
+                                 target_log_probs, with_start)
 from dgm.nn import MLP
 from dgm.nn.adversarial import MLPFeatures
 from dgm.settings import Decay, NonNegativeFloat, PositiveFloat, PositiveInt
@@ -211,21 +211,12 @@ class OutlineGAN(TextModel):
         z = torch.randn(n, self.config.noise_dim, generator=generator, device=generator.device if generator else None)
         return self.generator(z.to(self.device))
 
-    def prompt_tokens(self, prompt: str | None) -> Tensor:
-        """The prompt's UTF-8 bytes ``(m,)``, checked: no byte 0, shorter than ``L``."""
-        return torch.tensor(prompt_bytes(prompt, self.length), dtype=torch.long, device=self.device)
-
     def sample(self, n: int, condition: Tensor | None = None, *, generator: torch.Generator | None = None,
                sampler: str | None = None, temperature: float | None = None, top_k: int | None = None,
                top_p: float | None = None, prompt: str | None = None) -> Tensor:
         """``n`` byte sequences ``(n, L)`` int64, 0 after the end token: z -> G(z) -> p(x | G(z)), each
         starting with ``prompt``'s bytes; the options as :func:`truncate_logits`."""
-        if condition is not None:
-            raise DgmError(f"model {self.name!r} is unconditional: drop the condition (--class)")
-        if sampler not in (None, ANCESTRAL.name):
-            raise DgmError(f"model {self.name!r} has no sampler {sampler!r}: use {ANCESTRAL.name}")
-        options = checked_options(temperature, top_k, top_p, prompt)
-        prefix = self.prompt_tokens(options.pop("prompt"))
+        prefix, options = self.ancestral_options(condition, sampler, temperature, top_k, top_p, prompt)
         return self.generate(self.generate_embeddings(n, generator=generator), prefix, generator=generator, **options)
 
     def report_figures(self, *, generator: torch.Generator | None = None) -> list[tuple[str, Tensor | str, int, str]]:

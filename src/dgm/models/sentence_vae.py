@@ -47,10 +47,9 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from dgm.data.core import Batch, DataSpec
 from dgm.data.pictures import decode_tokens
-from dgm.errors import DgmError
 from dgm.models.base import Loss, Progress, rand, randn, register
-from dgm.models.language import (ANCESTRAL, ConditionedLSTM, TextModel, checked_options, picker, prompt_bytes,
-                                 real_tokens, scored_targets, target_log_probs, with_start)
+from dgm.models.language import (ANCESTRAL, ConditionedLSTM, TextModel, picker, real_tokens, scored_targets,
+                                 target_log_probs, with_start)
 from dgm.models.vae import VAE, weighted_kl
 from dgm.nn.distributions import diagonal_gaussian, normal_log_prob
 from dgm.settings import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt
@@ -213,21 +212,12 @@ class SentenceVAE(TextModel):
         """Greedy (argmax) decodings of codes ``z (B, latent_dim)``: ``(B, L)`` int64, 0 after the end."""
         return self.generate(z, self.prompt_tokens(None), greedy=True)
 
-    def prompt_tokens(self, prompt: str | None) -> Tensor:
-        """The prompt's UTF-8 bytes ``(m,)``, checked: no byte 0, shorter than ``L``."""
-        return torch.tensor(prompt_bytes(prompt, self.length), dtype=torch.long, device=self.device)
-
     def sample(self, n: int, condition: Tensor | None = None, *, generator: torch.Generator | None = None,
                sampler: str | None = None, temperature: float | None = None, top_k: int | None = None,
                top_p: float | None = None, prompt: str | None = None) -> Tensor:
         """``n`` byte sequences ``(n, L)`` int64, 0 after the end: z ~ N(0, I), then ancestral sampling
         of p(x|z) with the options of :func:`dgm.models.language.truncate_logits` after ``prompt``."""
-        if condition is not None:
-            raise DgmError(f"model {self.name!r} is unconditional: drop the condition (--class)")
-        if sampler not in (None, ANCESTRAL.name):
-            raise DgmError(f"model {self.name!r} has no sampler {sampler!r}: use {ANCESTRAL.name}")
-        options = checked_options(temperature, top_k, top_p, prompt)
-        prefix = self.prompt_tokens(options.pop("prompt"))
+        prefix, options = self.ancestral_options(condition, sampler, temperature, top_k, top_p, prompt)
         z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
         return self.generate(z, prefix, generator=generator, **options)
 
