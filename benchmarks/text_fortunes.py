@@ -11,8 +11,9 @@ the topic model ``--topic-epochs``) and is scored on the whole held-out split by
   fortune's one BPE spelling, an upper bound for the BPE row);
 * ``sentence-vae``: its IWAE bound (``--k`` importance samples), an upper bound on bits per character;
 * ``outline-gan``: the Fréchet distance between its sentence embeddings of held-out and generated
-  fortunes, the bits per character of its samples under the held-out judge (the ``transformer-lm``
-  row's model), and self-BLEU-4 of its samples, beside the same three numbers for ``lstm-lm`` samples;
+  fortunes, the bits per character of its samples under the held-out judge (the
+  ``transformer-lm-bpe`` row's model, the best language model here), and self-BLEU-4 of its
+  samples, beside the same three numbers for ``lstm-lm`` samples;
 * ``prodlda``: held-out topic perplexity (an upper bound, from the ELBO) and NPMI coherence.
 
 A character is a byte of the text, and each fortune's end counts as one more (its end token, the
@@ -21,15 +22,14 @@ way: ``xz -9e`` and ``zstd --ultra -22`` of the held-out text alone, and of the 
 followed by the held-out text minus the training text alone (the cost of the held-out text given the
 training text, the compressor's analogue of a model trained on it).
 
-    python benchmarks/text_fortunes.py --out runs/bench-text                      # every row, ~40 min
+    python benchmarks/text_fortunes.py --out runs/bench-text          # every row, ~2 h on 2 cores
     python benchmarks/text_fortunes.py --epochs 1 --gan-epochs 1 --topic-epochs 1 --max-steps 3 --k 2 --samples 20  # smoke run
 
 Writes ``OUT/results.json`` (rows of earlier calls with other ``--models`` are kept, and those of
-the ``--merge`` folders joined) and prints a markdown table. The rows this page reports were trained
-in two processes at once, sharing the 2 cores (training times are therefore upper bounds)::
+the ``--merge`` folders joined) and prints a markdown table. docs/benchmarks.md's rows came from::
 
-    python benchmarks/text_fortunes.py --models lstm-lm transformer-lm-bpe transformer-lm --epochs 3 --out runs/bench-text
-    python benchmarks/text_fortunes.py --models sentence-vae outline-gan prodlda --epochs 3 --threads 1 --out runs/bench-text-b
+    python benchmarks/text_fortunes.py --models lstm-lm transformer-lm-bpe --epochs 3 --out runs/bench-text
+    python benchmarks/text_fortunes.py --models sentence-vae outline-gan prodlda --epochs 3 --gan-epochs 10 --out runs/bench-text-b
     python benchmarks/text_fortunes.py --models --merge runs/bench-text-b --out runs/bench-text   # the sample rows
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ MODELS = {  # row: (registry name, model settings; the rest are each model's def
     "outline-gan": ("outline-gan", {}),  # its autoencoder trains --epochs, then its GAN --gan-epochs
     "prodlda": ("prodlda", {}),  # trains --topic-epochs (an MLP over word counts: seconds per epoch)
 }
-JUDGE = "transformer-lm"  # the held-out language model that scores samples
+JUDGE = "transformer-lm-bpe"  # the held-out language model that scores samples (the best of this page)
 
 
 def texts(data: dgm.data.Dataset) -> list[bytes]:

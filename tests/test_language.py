@@ -300,6 +300,8 @@ def test_a_subword_model_learns_its_merges_in_prepare_and_keeps_them_in_its_weig
     spelled = torch.tensor([len(ids) + 1 for ids in model.subwords.encode(texts)], dtype=torch.float64)
     assert (spelled - 1 < torch.tensor([len(t) for t in texts])).any()  # merges were used
     torch.testing.assert_close(-model.log_prob(batch.x, mask=batch.mask).double(), spelled * math.log(256 + 30))
+    results = {r.unit: r for r in evaluate(model, load(text, "test"), ["nll"], progress=False)}
+    assert results["bits/token"].qualifier.startswith("bound (the text's BPE spelling), per scored token")
     x = model.sample(4, generator=torch.Generator().manual_seed(0), prompt="The ")
     assert x.shape == (4, data.spec.shape[0]) and (x[:, :4] == torch.tensor(list(b"The "))).all()
     ended = (x == END).long().cumsum(1) > 0

@@ -121,7 +121,7 @@ def nll(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     have = capabilities(model)
     if "log_prob" in have:
         log_px = torch.cat([model.log_prob(x, **options) for x, options in ctx.inputs(desc="log p(x)")])
-        return likelihood_results("nll", log_px, "exact", model, ctx)
+        return likelihood_results("nll", log_px, model.log_prob_description, model, ctx)
     if "iwae_bound" in have:
         return likelihood_results("nll", iwae_log_px(model, ctx, ctx.k), f"bound (IWAE k={ctx.k})", model, ctx)
     return likelihood_results("nll", elbo_log_px(model, ctx), f"bound ({model.elbo_description})", model, ctx)

@@ -299,6 +299,12 @@ class GenerativeModel(nn.Module):
         return []
 
     @property
+    def log_prob_description(self) -> str:
+        """How :meth:`log_prob` relates to the likelihood of the data, for result tables: ``"exact"``,
+        or a bound's name where it is the probability of one of several ways to produce the data."""
+        return "exact"
+
+    @property
     def elbo_description(self) -> str:
         """How :meth:`elbo` is computed, for result tables."""
         return "ELBO, 1 sample"

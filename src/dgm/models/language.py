@@ -339,6 +339,11 @@ class LanguageModel(TextModel):
         self.register_buffer("merge_table", torch.full((config.merges, 2), -1, dtype=torch.long))
         self.network = self.build_network()
 
+    @property
+    def log_prob_description(self) -> str:
+        # p(x) sums over every spelling of the text in subwords; log_prob scores the BPE one
+        return "bound (the text's BPE spelling)" if self.config.merges else "exact"
+
     # --- subwords ------------------------------------------------------------------------------------
     def prepare(self, data: Dataset) -> None:
         """Learn the byte-level BPE merges (``model.merges`` of them) from the training split."""
