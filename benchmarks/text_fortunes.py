@@ -93,7 +93,7 @@ def train_row(row: str, args: argparse.Namespace, out: Path) -> tuple[dgm.models
     name, settings, epochs = row_settings(row, args)
     config = RunConfig(name, settings, DataConfig("fortunes"),
                        TrainConfig(epochs=epochs, batch_size=64, lr=1e-3, schedule="cosine", warmup_steps=200,
-                                   seed=0, progress=False, sample_every=epochs, device="cpu",
+                                   seed=0, progress=False, sample_every=epochs, device=args.device,
                                    max_steps_per_epoch=args.max_steps))
     start = time.perf_counter()
     model, run_dir = dgm.train(config, out / row)
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100, help="importance samples of the sentence VAE's IWAE bound")
     parser.add_argument("--samples", type=int, default=1000, help="samples per model for the sample metrics")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="train.device of every run (cuda on a GPU)")
     parser.add_argument("--max-steps", type=int, default=None, help="cut epochs short (smoke runs only)")
     parser.add_argument("--out", default="runs/bench-text")
     args = parser.parse_args()
