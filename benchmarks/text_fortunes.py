@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 import dgm
+from dgm.data.sequences import unpack
 from dgm.run import DataConfig, RunConfig, load_data
 from dgm.train import TrainConfig
 
@@ -57,10 +58,6 @@ MODELS = {  # row: (registry name, model settings; the rest are each model's def
     "prodlda": ("prodlda", {}),  # trains --topic-epochs (an MLP over word counts: seconds per epoch)
 }
 JUDGE = "transformer-lm-bpe"  # the held-out language model that scores samples (the best of this page)
-
-
-def texts(data: dgm.data.Dataset) -> list[bytes]:
-    return [bytes(row[:n].tolist()) for row, n in zip(data.raw, data.lengths.tolist())]
 
 
 def compressed_size(command: list[str], data: bytes) -> int:
@@ -126,7 +123,7 @@ def main() -> None:
         if earlier.exists():
             results.update({r["row"]: r for r in json.loads(earlier.read_text())["rows"]})
     train_split, test = dgm.data.load("fortunes"), dgm.data.load("fortunes", "test")
-    for row in compressors(texts(train_split), texts(test)):
+    for row in compressors(unpack(train_split.raw, train_split.lengths), unpack(test.raw, test.lengths)):
         results[row["row"]] = row
     models = {}
     for row in args.models:

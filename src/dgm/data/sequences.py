@@ -20,6 +20,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from dgm.data.files import holdout
 from dgm.data.sources import Part, Request
@@ -38,6 +39,15 @@ def pack(sequences: list[bytes], max_length: int = MAX_LENGTH) -> tuple[np.ndarr
     for i, s in enumerate(sequences):
         x[i, :len(s)] = np.frombuffer(s, np.uint8)
     return x, np.array([len(s) for s in sequences], np.int64)
+
+
+def unpack(x: torch.Tensor, lengths: torch.Tensor | None = None) -> list[bytes]:
+    """The bytes of each padded token sequence ``x (N, L)`` (the inverse of :func:`pack`): its first
+    ``lengths`` tokens, or those before the first 0 (the padding)."""
+    rows = x.to(torch.uint8).cpu().numpy()
+    if lengths is None:
+        return [row.tobytes().split(b"\0", 1)[0] for row in rows]
+    return [row[:n].tobytes() for row, n in zip(rows, lengths.tolist())]
 
 
 def _text_part(sequences: list[bytes], req: Request, source: str) -> Part:

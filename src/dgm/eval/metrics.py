@@ -223,15 +223,15 @@ class HeldOutNLLMonitor:
         exact = "log_prob" in capabilities(model)
         was_training = model.training
         model.eval()
-        nats, units = 0.0, 0.0
+        log_pxs, units = [], []
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the ELBO's draws: the same at every epoch and after a resume
             data = self.test.subset(min(self.max_examples, len(self.test))).to(model.device)
             for batch in data.batches(self.batch_size):
                 options = {} if batch.mask is None else {"mask": batch.mask}
-                log_px = model.log_prob(batch.x, **options) if exact else model.elbo(batch.x, **options)
-                nats -= float(log_px.double().sum())
-                units += float(model.scored_units(batch.mask.sum(1)).sum()) if batch.mask is not None else \
-                    len(batch.x) * model.spec.dim
+                log_pxs.append(model.log_prob(batch.x, **options) if exact else model.elbo(batch.x, **options))
+                units.append(model.scored_units(batch.mask.sum(1)) if batch.mask is not None else
+                             torch.full((len(batch.x),), model.spec.dim, device=batch.x.device))
         model.train(was_training)
-        return {"test/bits": nats / units / math.log(2)}
+        nats, _ = nats_per_unit(torch.cat(log_pxs), torch.cat(units))
+        return {"test/bits": nats / math.log(2)}

@@ -46,8 +46,8 @@ the uniform distribution over 256 bytes gives exactly 8.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import torch
@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.data.core import Batch, DataSpec, Dataset
-from dgm.data.sequences import pack
+from dgm.data.sequences import pack, unpack
 from dgm.data.tokenize import Subwords, learn_merges, subwords
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, inference, register
@@ -348,8 +348,7 @@ class LanguageModel(TextModel):
     def prepare(self, data: Dataset) -> None:
         """Learn the byte-level BPE merges (``model.merges`` of them) from the training split."""
         if self.config.merges:
-            texts = [bytes(row[:n].tolist()) for row, n in zip(data.raw.cpu(), data.lengths.tolist())]
-            self.merge_table.copy_(torch.from_numpy(learn_merges(texts, self.config.merges)))
+            self.merge_table.copy_(torch.from_numpy(learn_merges(unpack(data.raw, data.lengths), self.config.merges)))
 
     @property
     def subwords(self) -> Subwords | None:
@@ -361,9 +360,7 @@ class LanguageModel(TextModel):
         ``(B, L)`` padded with 0 and their mask (subwords are encoded on the host), or ``x`` itself."""
         if not self.config.merges:
             return x, mask
-        lengths = mask.sum(1).tolist()
-        texts = [bytes(row[:n]) for row, n in zip(x.to(torch.uint8).cpu().tolist(), lengths)]
-        ids = self.subwords.encode(texts)
+        ids = self.subwords.encode(unpack(x, mask.sum(1)))
         padded = torch.zeros(len(ids), x.shape[1], dtype=torch.long)
         for i, row in enumerate(ids):
             padded[i, :len(row)] = torch.tensor(row, dtype=torch.long)
@@ -436,7 +433,7 @@ class LanguageModel(TextModel):
         m = len(prompt)
         x = torch.zeros(n, self.length, dtype=torch.long, device=self.device)
         x[:, :m] = prompt
-        prefix = torch.cat([torch.full((n, 1), self.vocab, device=self.device), x[:, :m]], 1)  # [START, prompt]
+        prefix = with_start(x[:, :m + 1], self.vocab)  # (n, m + 1): [START, prompt]
         state = self.network.new_state(n) if cached else None
         logits, state = self.network(prefix, state)  # (n, m + 1, V)
 

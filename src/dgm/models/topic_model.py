@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.data.core import Batch, DataSpec, Dataset
+from dgm.data.sequences import unpack
 from dgm.errors import DgmError
 from dgm.models.base import Loss, Progress, capability, randn, register
 from dgm.models.language import TextModel
@@ -72,15 +73,6 @@ def words(text: bytes) -> list[bytes]:
     and words shorter than :data:`MIN_WORD_LETTERS`."""
     stop = stop_words()
     return [w for w in WORD.findall(text.lower()) if len(w) >= MIN_WORD_LETTERS and w not in stop]
-
-
-def documents(x: Tensor, lengths: Tensor | None = None) -> list[bytes]:
-    """The bytes of each token sequence ``x (B, L)``: its first ``lengths`` tokens, or those before
-    the first 0 (the padding)."""
-    rows = x.to(torch.uint8).cpu().numpy()
-    if lengths is None:
-        return [row.tobytes().split(b"\0", 1)[0] for row in rows]
-    return [row[:n].tobytes() for row, n in zip(rows, lengths.tolist())]
 
 
 def learn_vocabulary(texts: list[bytes], size: int) -> list[bytes]:
@@ -172,7 +164,7 @@ class ProdLDA(TextModel):
     # --- the vocabulary ------------------------------------------------------------------------------
     def prepare(self, data: Dataset) -> None:
         """Learn the vocabulary from the training split's documents (module docstring)."""
-        vocabulary = learn_vocabulary(documents(data.raw, data.lengths), self.config.vocab_size)
+        vocabulary = learn_vocabulary(unpack(data.raw, data.lengths), self.config.vocab_size)
         if not vocabulary:
             raise DgmError(f"the training split of {data.spec.name!r} holds no words (runs of 3+ ASCII letters "
                            f"that are not stop words): a topic model needs text")
@@ -203,7 +195,7 @@ class ProdLDA(TextModel):
         """Word counts ``(B, V)`` float of token sequences ``x (B, L)`` (``mask``: the real tokens;
         ``None``: those before the first 0); words outside the vocabulary are not counted."""
         ids = self.word_ids()
-        texts = documents(x, None if mask is None else mask.sum(1))
+        texts = unpack(x, None if mask is None else mask.sum(1))
         rows, cols = [], []
         for i, text in enumerate(texts):
             found = [ids[w] for w in words(text) if w in ids]
