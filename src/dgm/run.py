@@ -200,7 +200,8 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[
         if (out / ckpt.TRAINER_STATE).exists():
             raise DgmError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, data, config.train, run_dir=out, callbacks=monitors(model, data, lambda: load_data(config, "test", device=device)))
+    callbacks = monitors(model, data, lambda: load_data(config, "test", device=device))
+    trainer = Trainer(model, data, config.train, run_dir=out, callbacks=callbacks)
     # config.json describes the run as trained: the target epochs, the batch size actually used (the
     # trainer caps it at the size of a small split)
     config.train = trainer.config

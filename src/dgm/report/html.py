@@ -315,8 +315,9 @@ def write_cached(run_dir: Path, stamp: dict[str, Any] | None, figures: list[Figu
         old.unlink()
     entries = []
     for i, figure in enumerate(figures):
-        name = f"figure_{i:02d}.png" if figure.picture is not None else None
+        name = None  # a text figure has no picture file
         if figure.picture is not None:
+            name = f"figure_{i:02d}.png"
             figure.picture.save(folder / name)
         entries.append({"file": name, "title": figure.title, "caption": figure.caption,
                         "pixelated": figure.pixelated, "text": figure.text})

@@ -346,14 +346,15 @@ class Trainer:
                 for batch in batches:
                     if pos.batch >= self.steps_per_epoch:
                         break
+                    stage_step = pos.step - first * self.steps_per_epoch
                     # the round runs on across epochs: an epoch shorter than a round (a small split,
                     # five critic steps and a generator step) still reaches every phase
-                    phase = cycle[(pos.step - first * self.steps_per_epoch) % len(cycle)]
+                    phase = cycle[stage_step % len(cycle)]
                     try:
                         with autocast:
                             out = self.model.loss(batch, phase.name, Progress(
                                 pos.step, pos.epoch, self.total_steps, self.stage.name,
-                                pos.step - first * self.steps_per_epoch, epochs * self.steps_per_epoch,
+                                stage_step, epochs * self.steps_per_epoch,
                                 self.noise_rng))
                         self._step(phase, out.loss)
                     except Exception:
