@@ -9,7 +9,7 @@ Example::
 
 :func:`list_datasets` names them all; representations and the kinds of data (images, vectors,
 token sequences, point sets) are described in :mod:`dgm.data.core`. Data rendered from known
-factors (``sprites``) can be rendered again from any factors: :func:`render`.
+factors (``sprites``, ``scenes``) can be rendered again from any factors: :func:`render`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dgm.data import files, sequences, sources, sprites, toys
+from dgm.data import files, scenes, sequences, sources, sprites, toys
 from dgm.data.core import REPRESENTATIONS, UNLABELLED, Batch, Dataset, DataSpec, to_unit
 from dgm.data.sources import Part, Request
 from dgm.errors import DgmError, unknown_name
@@ -44,6 +44,8 @@ class Source:
     resizable: bool = False
     #: examples ``(N, *shape)`` from factor indices ``(N, K)``, for data made from known factors
     render: Callable[[np.ndarray], np.ndarray] | None = None
+    #: caption word ids ``(N, Lc)`` from factor indices ``(N, K)``, for rendered data with captions
+    caption: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 DATASETS: dict[str, Source] = {
@@ -67,6 +69,9 @@ DATASETS: dict[str, Source] = {
                            partial(toys.load, toys.checkerboard), "continuous"),
     "sprites": Source("32x32 grey shapes from 5 known factors (shape, scale, rotation, x, y), like dSprites; "
                       "10k/2k, 3 classes", sprites.load, "unit", render=sprites.render),
+    "scenes": Source("32x32 RGB scenes of one or two coloured shapes with captions from 10 known factors; no "
+                     "green triangle in training (held-out compositions); 20k/2k, 3 classes (shape of A)",
+                     scenes.load, "unit", render=scenes.render, caption=scenes.caption_word_ids),
     "shapes2d": Source("point sets: 8..64 2-D points on a circle or a square outline, 10k/2k sets, 2 classes",
                        sequences.load_shapes2d, "continuous"),
     "fortunes": Source("byte-level token sequences: the fortunes of fortune-mod (apt-get install fortunes-min), "
@@ -156,7 +161,8 @@ def load(name: str, split: Literal["train", "test"] = "train", *, representation
         return None if a is None else torch.from_numpy(np.array(a, dtype=dtype))
 
     data = Dataset(tensor(part.x), tensor(part.y, np.int64), spec, train=split == "train",
-                   lengths=tensor(part.lengths, np.int64), factors=tensor(part.factors, np.int64))
+                   lengths=tensor(part.lengths, np.int64), factors=tensor(part.factors, np.int64),
+                   captions=tensor(part.captions, np.int64))
     try:
         return data if torch.device(device) == data.device else data.to(device)
     except (RuntimeError, AssertionError) as e:  # a malformed device string, or CUDA not available
@@ -165,7 +171,8 @@ def load(name: str, split: Literal["train", "test"] = "train", *, representation
 
 def render(spec: DataSpec, factors: torch.Tensor) -> Dataset:
     """The examples of the dataset of ``spec`` with the factor indices ``factors`` ``(N, K)``, as a
-    test split in ``spec``'s representation (for evaluators that vary one factor at a time).
+    test split in ``spec``'s representation (for evaluators that vary one factor at a time), with
+    their captions' word ids where the data has captions (``scenes``).
 
     Raises:
         DgmError: the dataset is not made from known factors.
@@ -174,8 +181,10 @@ def render(spec: DataSpec, factors: torch.Tensor) -> Dataset:
     if source.render is None:
         raise DgmError(f"dataset {spec.name!r} is not rendered from known factors: choose one with "
                        "'factors' in its spec.extras (sprites)")
-    raw = torch.from_numpy(source.render(factors.cpu().numpy())).to(factors.device)
-    return Dataset(raw, None, spec, train=False, factors=factors.long())
+    indices = factors.cpu().numpy()
+    raw = torch.from_numpy(source.render(indices)).to(factors.device)
+    captions = None if source.caption is None else torch.from_numpy(source.caption(indices)).to(factors.device)
+    return Dataset(raw, None, spec, train=False, factors=factors.long(), captions=captions)
 
 
 def _check_fixed_shape(name: str, shape: tuple[int, ...], size: int | None, channels: int | None) -> None:

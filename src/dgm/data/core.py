@@ -142,6 +142,8 @@ class Batch:
     real tokens of padded sequences, or the real points of padded sets. ``factors`` holds the
     generative factors of data rendered from known factors (``sprites``): an auxiliary variable for
     the models that condition on it, and the truth the disentanglement metrics score codes against.
+    ``captions`` holds the word ids of the examples' own captions (``scenes``;
+    :mod:`dgm.data.captions`), 0-padded after the last word.
     """
 
     x: Tensor  # (B, *shape)
@@ -149,6 +151,7 @@ class Batch:
     labelled: Tensor | None = None  # (B,) bool, True where y is known; None: every y is known
     mask: Tensor | None = None  # (B, L) tokens or (B, N) points, bool, True where real; None: fixed size
     factors: Tensor | None = None  # (B, K) int64 generative factor indices of data made from known factors
+    captions: Tensor | None = None  # (B, Lc) int64 caption word ids 1..V, 0 = padding; None: no captions
 
 
 class Dataset:
@@ -167,15 +170,18 @@ class Dataset:
         factors: ``(N, K)`` int64 indices of the generative factors of each example, for data made
             from known factors (their names and sizes in ``spec.extras["factors"]`` and
             ``["factor_sizes"]``).
+        captions: ``(N, Lc)`` int64 word ids of each example's caption, 0-padded after the last word,
+            for data with captions of its own (vocabulary in ``spec.extras["caption_words"]``).
     """
 
     def __init__(self, raw: Tensor, labels: Tensor | None, spec: DataSpec, *, train: bool,
                  labelled: Tensor | None = None, lengths: Tensor | None = None,
-                 factors: Tensor | None = None, labelled_per_batch: int = 0) -> None:
+                 factors: Tensor | None = None, captions: Tensor | None = None,
+                 labelled_per_batch: int = 0) -> None:
         if tuple(raw.shape[1:]) != spec.shape:
             raise ValueError(f"raw data of shape {tuple(raw.shape)} does not match spec shape {spec.shape}")
         for what, t in (("labels", labels), ("labelled flags", labelled), ("lengths", lengths),
-                        ("factor rows", factors)):
+                        ("factor rows", factors), ("captions", captions)):
             if t is not None and len(t) != len(raw):
                 raise ValueError(f"{len(t)} {what} for {len(raw)} examples")
         if labelled is not None and labels is None:
@@ -189,6 +195,7 @@ class Dataset:
         self.labelled = labelled
         self.lengths = lengths
         self.factors = factors
+        self.captions = captions
         # labelled examples added to every shuffled batch of a partly labelled split (with_labelled)
         self.labelled_per_batch = labelled_per_batch
         self._static: Tensor | None = None  # the fixed binarization, made on first use
@@ -211,7 +218,7 @@ class Dataset:
 
         return Dataset(f(self.raw), g(self.labels), spec or self.spec, train=self.train,
                        labelled=g(self.labelled), lengths=g(self.lengths), factors=g(self.factors),
-                       labelled_per_batch=self.labelled_per_batch)
+                       captions=g(self.captions), labelled_per_batch=self.labelled_per_batch)
 
     def to(self, device: str | torch.device) -> Dataset:
         """The same split with its tensors on ``device``."""
@@ -258,7 +265,8 @@ class Dataset:
                                   class_names=self.spec.class_names, name=self.spec.name)
         labels = torch.where(known, self.labels, torch.full_like(self.labels, UNLABELLED))
         return Dataset(self.raw, labels, self.spec, train=self.train, labelled=known,
-                       lengths=self.lengths, factors=self.factors, labelled_per_batch=min(per_batch, n))
+                       lengths=self.lengths, factors=self.factors, captions=self.captions,
+                       labelled_per_batch=min(per_batch, n))
 
     # --- representations --------------------------------------------------------------------------
     def present(self, index: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -347,7 +355,8 @@ class Dataset:
         if self.lengths is not None:  # (B, L): position i is real when i < length
             mask = torch.arange(self.spec.shape[0], device=self.device) < self.lengths[index, None]
         factors = None if self.factors is None else self.factors[index]
-        return Batch(x, y, labelled, mask, factors)
+        captions = None if self.captions is None else self.captions[index]
+        return Batch(x, y, labelled, mask, factors, captions)
 
 
 def uniform_noise(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> Tensor:

@@ -51,6 +51,7 @@ class Part:
     kind: str | None = None  # DataSpec.kind: None infers image or vector from the shape
     lengths: np.ndarray | None = None  # (N,) int64 real tokens / points of each padded example
     factors: np.ndarray | None = None  # (N, K) int64 generative factor indices (extras["factors"])
+    captions: np.ndarray | None = None  # (N, Lc) int64 caption word ids, 0-padded (extras["caption_words"])
 
     def __post_init__(self) -> None:
         if self.num_classes is None and self.class_names is not None:
