@@ -80,16 +80,27 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         self.heads, self.width, self.dropout = heads, width, dropout
 
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor] | None = None, start: int = 0) -> Tensor:
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor] | None = None, start: int = 0,
+                allowed: Tensor | None = None) -> Tensor:
         """``x (B, L, width)`` at positions ``[start, start + L)``; ``kv`` this layer's cache buffers,
-        where the new keys and values are written and the earlier ones ``[0, start)`` are read."""
+        where the new keys and values are written and the earlier ones ``[0, start)`` are read.
+        ``allowed`` ``(max_length, max_length)`` bool, True where query ``i`` may see key ``j``: a
+        sparser causal pattern than the full triangle (:func:`text_image_masks`)."""
         B, L, _ = x.shape
         q, k, v = self.c_attn(x).split(self.width, dim=2)
         q = q.view(B, L, self.heads, -1).transpose(1, 2)  # (B, nh, L, hd)
         k = k.view(B, L, self.heads, -1).transpose(1, 2)  # (B, nh, L, hd)
         v = v.view(B, L, self.heads, -1).transpose(1, 2)  # (B, nh, L, hd)
         dropout_p = self.dropout if self.training else 0.0
-        if kv is None:
+        if allowed is not None:
+            if kv is not None:
+                keys, values = kv
+                keys[:, :, start:start + L] = k
+                values[:, :, start:start + L] = v
+                k, v = keys[:, :, :start + L], values[:, :, :start + L]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[start:start + L, :start + L],
+                                               dropout_p=dropout_p)
+        elif kv is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             keys, values = kv
@@ -129,8 +140,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = MLP(width, mlp_ratio=mlp_ratio, dropout=dropout)
 
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor] | None = None, start: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_1(x), kv, start)
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor] | None = None, start: int = 0,
+                allowed: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), kv, start, allowed)
         return x + self.mlp(self.ln_2(x))  # (B, L, width)
 
 
@@ -146,6 +158,9 @@ class CausalTransformer(nn.Module):
         dropout: on the attention weights, after each residual branch, and on the input embeddings,
             in training mode only.
         mlp_ratio: the feed-forward layer's hidden size over ``width``.
+        masks: ``(depth, max_length, max_length)`` bool, one attention pattern per block (True where a
+            query may see a key), each inside the causal triangle with the diagonal kept; ``None``:
+            every block sees all earlier positions.
 
     Example::
 
@@ -158,9 +173,19 @@ class CausalTransformer(nn.Module):
     """
 
     def __init__(self, width: int, depth: int, heads: int, max_length: int, *,
-                 dropout: float = 0.0, mlp_ratio: int = 4) -> None:
+                 dropout: float = 0.0, mlp_ratio: int = 4, masks: Tensor | None = None) -> None:
         super().__init__()
         self.width, self.depth, self.heads, self.max_length = width, depth, heads, max_length
+        if masks is not None:
+            causal = torch.ones(max_length, max_length, dtype=torch.bool).tril()
+            if masks.shape != (depth, max_length, max_length):
+                raise ValueError(f"masks of shape {tuple(masks.shape)}: expected one ({max_length}, {max_length}) "
+                                 f"pattern per block, ({depth}, {max_length}, {max_length})")
+            if (masks & ~causal).any() or not masks.diagonal(dim1=1, dim2=2).all():
+                raise ValueError("every attention pattern must lie inside the causal triangle and keep its diagonal "
+                                 "(a position sees itself, never a later one)")
+        # derived from the settings, so not saved with the weights
+        self.register_buffer("masks", masks, persistent=False)
         self.wpe = nn.Embedding(max_length, width)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(depth))
@@ -196,10 +221,44 @@ class CausalTransformer(nn.Module):
         positions = torch.arange(start, start + L, device=h.device)
         x = self.drop(h + self.wpe(positions))  # (B, L, width)
         for layer, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else (cache.keys[layer], cache.values[layer]), start)
+            x = block(x, None if cache is None else (cache.keys[layer], cache.values[layer]), start,
+                      None if self.masks is None else self.masks[layer])
         if cache is not None:
             cache.length += L
         return self.ln_f(x)  # (B, L, width)
+
+
+def text_image_masks(text_length: int, grid: tuple[int, int], depth: int, *, kernel: int = 5) -> Tensor:
+    """The attention patterns of DALL-E's transformer (Ramesh et al. 2021, sec. 2.2 and fig. 11), one per
+    block, over the input sequence ``[start, t_0 .. t_{T-1}, i_0 .. i_{N-2}]`` of ``T = text_length``
+    caption tokens and ``N = h * w`` image tokens in raster order: ``(depth, 1 + T + N - 1, same)`` bool.
+
+    - a caption query (the start and ``t_*``) sees the earlier caption positions: the standard causal
+      mask, so the caption never sees the image;
+    - an image query ``i_k`` sees every caption position, and of the image tokens ``i_j``, ``j <= k``:
+      *row* attention, the last ``w + 1`` (``k - j <= w``); *column* attention, those of its column
+      (``(k - j) mod w == 0``); *convolutional* attention, the causal part of the ``kernel x kernel``
+      neighbourhood. Block ``l`` uses column attention when ``(l - 2) mod 4 == 0``, the last block the
+      convolutional mask, the others row attention (the paper's 64-layer pattern); two blocks, a row
+      and a column one, already reach every earlier image token, as in the Sparse Transformer's
+      strided factorisation (Child et al. 2019).
+    """
+    h, w = grid
+    N, T = h * w, text_length
+    L = 1 + T + N - 1
+    j = torch.arange(N - 1)  # image token of each image input position
+    k, jj = j[:, None], j[None, :]  # query's token, key's token
+    same_side = (k // w - jj // w).abs() <= kernel // 2, (k % w - jj % w).abs() <= kernel // 2
+    causal = jj <= k
+    pattern = {"row": causal & (k - jj <= w), "column": causal & ((k - jj) % w == 0),
+               "conv": causal & same_side[0] & same_side[1]}
+    masks = torch.zeros(depth, L, L, dtype=torch.bool)
+    masks[:, :1 + T, :1 + T] = torch.ones(1 + T, 1 + T, dtype=torch.bool).tril()  # caption: causal
+    masks[:, 1 + T:, :1 + T] = True  # every image query sees the whole caption
+    for layer in range(depth):
+        kind = "conv" if layer == depth - 1 else "column" if (layer - 2) % 4 == 0 else "row"
+        masks[layer, 1 + T:, 1 + T:] = pattern[kind]
+    return masks
 
 
 def init_weights(module: nn.Module) -> None:
