@@ -11,6 +11,7 @@ from dgm.eval import quality as _quality  # noqa: F401  (registers sample-qualit
 from dgm.eval import disentanglement as _disentanglement, rate as _rate  # noqa: F401  (MIG, SAP, DCI; rate-distortion)
 from dgm.eval import text_quality as _text_quality  # noqa: F401  (self-BLEU, embedding FID of text)
 from dgm.eval import text as _text  # noqa: F401  (topic perplexity and coherence)
+from dgm.eval import captions as _captions  # noqa: F401  (caption_match of text-to-image models)
 from dgm.eval import duality as _duality, toys as _toys  # noqa: F401  (register the training monitors)
 
 __all__ = ["METRICS", "MONITORS", "Metric", "Plan", "Result", "Work", "build_monitor", "evaluate", "metric",

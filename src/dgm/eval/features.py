@@ -6,7 +6,14 @@ domain classifiers, trained by ``benchmarks/train_feature_nets.py`` and stored i
 as safetensors with a JSON card (test accuracy, training command):
 
 * ``fmnist-net`` — 28x28 grayscale, trained on Fashion-MNIST; features: 128-d penultimate layer;
-* ``digits-net`` — 8x8 grayscale, trained on scikit-learn's digits; features: 64-d.
+* ``digits-net`` — 8x8 grayscale, trained on scikit-learn's digits; features: 64-d;
+* ``scene-net`` — 32x32 RGB captioned scenes (:mod:`dgm.data.scenes`): one softmax head per
+  generative factor, trained on fresh renders of every factor combination (the held-out ones too:
+  it is the instrument that reads generated scenes back, not a model of the training split).
+
+A network is picked for a dataset by its name first; by image size only for the networks that
+serve any data of their size (``fmnist-net`` serves 28x28 MNIST too; ``scene-net`` reads only
+scenes, so CIFAR-10 keeps Inception).
 
 ``inception`` (FID's standard Inception-v3, weights from a file the user names) serves any image
 size and RGB data. FID/KID/precision-recall use a network's penultimate features, IS its class
@@ -17,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,16 +45,25 @@ class Classifier(nn.Module):
     pooling (one for 8x8 inputs), global average pooling, then ``features`` -> ``classes``.
 
     ``embed(x)`` gives the penultimate ``features``-d vector (after its activation), ``forward(x)``
-    the class logits.
+    the class logits. With ``heads`` (sizes summing to ``classes``) the logits are several
+    softmax heads side by side, one per factor of a scene, and ``read(x)`` gives each head's argmax.
+    With ``coordinates`` the input gets two more channels, each pixel's column and row in [-1, 1]
+    (CoordConv: Liu et al. 2018, arXiv:1807.03247), so the pooled features can say *where* a thing
+    is: which object is the left one, how far the scene is shifted.
     """
 
     def __init__(self, in_shape: tuple[int, int, int], classes: int = 10, *, width: int = 32,
-                 features: int = 128) -> None:
+                 features: int = 128, heads: Sequence[int] = (), coordinates: bool = False) -> None:
         super().__init__()
+        self.coordinates = coordinates
+        self.heads = tuple(int(k) for k in heads) or (classes,)
+        if sum(self.heads) != classes:
+            raise DgmError(f"the heads {self.heads} of a classifier must share its {classes} logits: "
+                           f"give classes={sum(self.heads)}")
         c, h, _ = in_shape
         stages = 2 if h >= 16 else 1
         layers: list[nn.Module] = []
-        ch_in, ch = c, width
+        ch_in, ch = c + 2 * coordinates, width
         for _ in range(stages):
             layers += [nn.Conv2d(ch_in, ch, 3, padding=1), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.SiLU(),
                        nn.MaxPool2d(2)]
@@ -58,10 +75,24 @@ class Classifier(nn.Module):
         self.in_shape = tuple(in_shape)
 
     def embed(self, x: Tensor) -> Tensor:
-        return self.embedding(self.body(x - 0.5))  # (B, features); centred input
+        x = x - 0.5  # centred input
+        if self.coordinates:
+            b, _, h, w = x.shape
+            rows = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)[:, None].expand(h, w)
+            cols = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)[None, :].expand(h, w)
+            x = torch.cat([x, torch.stack([cols, rows]).expand(b, 2, h, w)], dim=1)
+        return self.embedding(self.body(x))  # (B, features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.embed(x))  # (B, classes)
+
+    def split(self, logits: Tensor) -> tuple[Tensor, ...]:
+        """The logits ``(B, classes)`` as one ``(B, k)`` block per head."""
+        return logits.split(self.heads, dim=-1)
+
+    def read(self, x: Tensor) -> Tensor:
+        """The most probable class of each head, ``(B, len(heads))`` int64."""
+        return torch.stack([block.argmax(-1) for block in self.split(self(x))], dim=-1)
 
 
 @dataclass
@@ -74,15 +105,32 @@ class FeatureNetCard:
     width: int
     features: int
     dataset: str
-    test_accuracy: float
+    test_accuracy: float  # multi-head: the fraction of test images with every specified factor read right
     command: str
+    heads: dict[str, int] = field(default_factory=dict)  # name -> classes of each softmax head; {}: one head
+    head_accuracy: dict[str, float] = field(default_factory=dict)  # per head, on the test images that show it
+    coordinates: bool = False  # CoordConv input channels (Classifier)
+    train_seconds: float | None = None  # wall-clock training time, when recorded
 
 
-#: built-in domain networks (their weights and cards live in WEIGHTS_DIR)
+#: built-in domain networks (their weights and cards live in WEIGHTS_DIR); ``any_data``: also the
+#: default for other data of the same image size (a clothes classifier still gives useful features
+#: of digits; a reader of coloured shapes on black says nothing about photographs)
 DOMAIN_NETS = {
-    "fmnist-net": dict(in_shape=(1, 28, 28), dataset="fashion-mnist", width=32, features=128),
-    "digits-net": dict(in_shape=(1, 8, 8), dataset="digits", width=32, features=64),
+    "fmnist-net": dict(in_shape=(1, 28, 28), dataset="fashion-mnist", width=32, features=128, any_data=True),
+    "digits-net": dict(in_shape=(1, 8, 8), dataset="digits", width=32, features=64, any_data=True),
+    "scene-net": dict(in_shape=(3, 32, 32), dataset="scenes", width=16, features=128, any_data=False,
+                      coordinates=True),
 }
+
+
+def default_net(spec: DataSpec) -> str:
+    """The feature network for ``spec``: the domain network trained on that dataset, else one that
+    serves any data of its image size, else Inception."""
+    shape = tuple(spec.shape)
+    own = [n for n, d in DOMAIN_NETS.items() if d["dataset"] == spec.name and d["in_shape"] == shape]
+    same_size = [n for n, d in DOMAIN_NETS.items() if d["any_data"] and d["in_shape"] == shape]
+    return (own + same_size + ["inception"])[0]
 
 
 class FeatureExtractor:
@@ -113,7 +161,7 @@ class FeatureExtractor:
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if isinstance(self.net, Classifier):
             f = self.net.embed(x)
-            return f, self.net.head(f)
+            return f, self.net.split(self.net.head(f))[0]  # several heads: the first is the class of IS
         out = self.net(x)  # the Inception network returns both
         return out["pool"], out["logits_unbiased"]
 
@@ -153,7 +201,8 @@ def load_domain_net(name: str, device: str | torch.device = "cpu") -> Classifier
     from dgm.train.checkpoint import load_state_dict_checked, load_tensors
 
     info = card(name)
-    net = Classifier(info.in_shape, info.classes, width=info.width, features=info.features)
+    net = Classifier(info.in_shape, info.classes, width=info.width, features=info.features,
+                     heads=tuple(info.heads.values()), coordinates=info.coordinates)
     weights = WEIGHTS_DIR / f"{name}.safetensors"
     load_state_dict_checked(net, load_tensors(weights), weights)
     return net.to(device).eval()
@@ -161,10 +210,9 @@ def load_domain_net(name: str, device: str | torch.device = "cpu") -> Classifier
 
 def feature_extractor(name: str | None, spec: DataSpec, *, inception_weights: str | None = None,
                       device: str | torch.device = "cpu") -> FeatureExtractor:
-    """The feature network ``name`` (``None``: the domain network for ``spec``'s image size, else
-    Inception), checked against the data it will see."""
+    """The feature network ``name`` (``None``: :func:`default_net`), checked against the data it will see."""
     if name is None:
-        name = next((n for n, d in DOMAIN_NETS.items() if d["in_shape"] == tuple(spec.shape)), "inception")
+        name = default_net(spec)
     if name in DOMAIN_NETS:
         in_shape = DOMAIN_NETS[name]["in_shape"]
         check_input(name, in_shape, spec)
