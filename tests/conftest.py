@@ -21,6 +21,17 @@ def image_dataset(n: int = 256, size: int = 8, levels: int = 17, representation:
     return Dataset(raw, quadrant, spec, train=train)
 
 
+CLASS_CAPTIONS = ["top left", "top right", "bottom", "bottom right corner"]  # 1 to 3 words: some padding
+
+
+def captioned_blobs(n: int = 64) -> Dataset:
+    """The labelled blobs captioned by the names of their quadrants (:data:`CLASS_CAPTIONS`), for the
+    models that draw images from captions."""
+    d = image_dataset(n=n, labels=True)
+    spec = DataSpec("blobs", d.spec.shape, "unit", levels=17, num_classes=4, class_names=CLASS_CAPTIONS)
+    return Dataset(d.raw, d.labels, spec, train=True)
+
+
 def vector_dataset(n: int = 512, dim: int = 2, seed: int = 0, train: bool = True) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     spec = DataSpec("vectors", (dim,), "continuous", levels=None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import image_dataset
+from conftest import captioned_blobs, image_dataset
 from dgm.models import MODELS, Progress, capabilities, create
 from dgm.models.base import config_to_json, make_config
 from dgm.train import checkpoint as ckpt
@@ -54,10 +54,16 @@ TINY = {
     "vqvae": {"num_codes": 8, "code_dim": 4, "width": 8, "num_res_blocks": 1, "downsampling": 2, "prior_width": 8,
               "prior_depth": 1, "prior_heads": 2, "vqvae_epochs": 1},
     "idvae": {"latent_dim": 3, "hidden": (16,), "prior_hidden": (8,), "auxiliary": "labels"},
+    "dalle": {"num_codes": 8, "code_dim": 4, "tokenizer_width": 8, "downsampling": 2, "width": 16, "depth": 2,
+              "heads": 2, "reranker_width": 8, "reranker_dim": 8, "tokenizer_epochs": 1, "conv_kernel": 3},
+    "aligndraw": {"steps": 2, "latent_dim": 3, "hidden": 8, "embed_dim": 4, "caption_hidden": 4, "align_dim": 4,
+                  "read_size": 2, "write_size": 2},
 }
 #: models that read another kind of data than the labelled images the contract uses
 POINT_SET_MODELS = {"set-flow"}
 TOKEN_MODELS = {"lstm-lm", "transformer-lm", "sentence-vae", "outline-gan", "prodlda"}
+#: models that draw images from captions: the labelled images, captioned by class names of 1 to 3 words
+CAPTION_MODELS = {"dalle", "aligndraw"}
 
 
 def token_dataset():
@@ -81,6 +87,8 @@ def build(name: str):
     config = make_config(cls, TINY[name])
     if name in TOKEN_MODELS:
         data = token_dataset()
+    elif name in CAPTION_MODELS:
+        data = captioned_blobs()
     elif name in POINT_SET_MODELS:
         from dgm.data import load
 

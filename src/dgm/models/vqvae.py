@@ -107,7 +107,9 @@ class VQVAE(GenerativeModel):
         refuse_non_images(cls.name, spec)
         return VAE.default_representation.__func__(cls, config, spec)  # the VAE's rule: the likelihood's
 
-    def __init__(self, config: VQVAEConfig, spec: DataSpec) -> None:
+    def __init__(self, config: VQVAEConfig, spec: DataSpec, *, prior: bool = True) -> None:
+        """``prior=False`` builds the tokenizer alone (encoder, codebook, decoder), for a model whose
+        own network is the prior over the codes (the text-to-image transformer)."""
         super().__init__(config, spec)
         c = config
         refuse_non_images(self.name, spec)
@@ -137,7 +139,7 @@ class VQVAE(GenerativeModel):
         self.decoder = GridDecoder(c.code_dim, self.likelihood.params_shape[0], width=c.width, upsamplings=n,
                                    num_res_blocks=c.num_res_blocks)
         self.prior = CodePriorNetwork(c.num_codes, L, width=c.prior_width, depth=c.prior_depth,
-                                      heads=c.prior_heads, dropout=c.prior_dropout)
+                                      heads=c.prior_heads, dropout=c.prior_dropout) if prior else None
 
     @property
     def likelihood_kind(self) -> str:
