@@ -157,10 +157,15 @@ def build_model(config: RunConfig, spec: DataSpec) -> GenerativeModel:
 
 
 #: Set to 1 to run every documented command at a tiny size (the README's commands are tested so):
-#: 2 steps per epoch, 256 training examples, 16 images per sample grid (the epochs stay, so
-#: resuming to more epochs works as written). The capped values land in config.json, so a tiny
-#: run says what it was.
+#: 2 steps per epoch, 256 training examples, 4 images per sample grid, and the model settings of
+#: :data:`TINY_MODEL_CAPS` (the epochs stay, so resuming to more epochs works as written). The capped
+#: values land in config.json, so a tiny run says what it was.
 TINY = "DGM_TINY"
+
+#: Model settings capped under :data:`TINY` in every model whose config has a field of that name:
+#: chains that cost a network pass per step (a diffusion's T, which its ancestral sampler, its bound
+#: and its restorations walk in full, and the DDIM steps of its training and report pictures).
+TINY_MODEL_CAPS = {"timesteps": 100, "preview_steps": 10}
 
 
 def tiny() -> bool:
@@ -171,8 +176,12 @@ def cap_to_tiny(config: RunConfig) -> None:
     """Shrink ``config`` in place to the tiny settings of :data:`TINY`."""
     t, d = config.train, config.data
     t.max_steps_per_epoch = min(t.max_steps_per_epoch or 2, 2)
-    t.num_samples = min(t.num_samples, 16)
+    t.num_samples = min(t.num_samples, 4)
     d.max_examples = min(d.max_examples or 256, 256)
+    defaults = {f.name: f.default for f in dataclasses.fields(model_class(config.model).Config)}
+    for name, cap in TINY_MODEL_CAPS.items():
+        if isinstance(defaults.get(name), int):
+            config.model_config[name] = min(config.model_config.get(name, defaults[name]), cap)
 
 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[GenerativeModel, Path]:
