@@ -38,11 +38,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from dgm.data.captions import CaptionVocabulary, caption_ids, caption_vocabulary, class_caption
+from dgm.data.captions import caption_ids
 from dgm.data.core import Batch, DataSpec, to_unit
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, capability, inference, randn, register
-from dgm.models.refusals import class_labels, refuse_variable_length
+from dgm.models.base import Loss, Progress, Sampler, capability, inference, randn, register
+from dgm.models.captioned import CaptionedImageModel
+from dgm.models.refusals import refuse_variable_length
 from dgm.models.vae import PADDING_REASON, emit, weighted_kl
 from dgm.nn import LIKELIHOODS, DiscretizedLogistic, diagonal_gaussian, make_likelihood, normal_kl
 from dgm.settings import NonNegativeFloat, NonNegativeInt, PositiveInt
@@ -151,7 +152,7 @@ class Align(nn.Module):
 
 # --- the model ------------------------------------------------------------------------------------
 @register
-class AlignDRAW(GenerativeModel):
+class AlignDRAW(CaptionedImageModel):
     """DRAW conditioned on a caption through soft alignment to its words (module docstring).
 
     Example:
@@ -179,14 +180,10 @@ class AlignDRAW(GenerativeModel):
                            f"shape {spec.shape}: use --data scenes, or labelled images such as fashion-mnist")
 
     def __init__(self, config: AlignDRAWConfig, spec: DataSpec) -> None:
+        self.refuse(spec)  # images first: the caption check's advice assumes them
         super().__init__(config, spec)
         c = config
-        self.refuse(spec)
-        vocabulary = caption_vocabulary(spec)
-        if vocabulary is None:
-            raise DgmError(f"model {self.name!r} draws images from captions, but {spec.name!r} has neither captions "
-                           f"nor class names: use --data scenes, or labelled images such as fashion-mnist")
-        self.vocabulary: CaptionVocabulary = vocabulary
+        vocabulary = self.vocabulary
         self.likelihood = make_likelihood(c.likelihood, spec)
         C, H, W = spec.shape
         lang = 2 * c.caption_hidden
@@ -281,18 +278,8 @@ class AlignDRAW(GenerativeModel):
                sampler: str | None = None, caption: str | None = None) -> Tensor:
         """``n`` images ``(n, *spec.shape)`` of ``caption``, of the class captions of ``condition`` (one label
         or ``n``), or of the data's example (else class) captions in turn: the model has no p(y)."""
-        if sampler not in (None, ANCESTRAL.name):
-            raise DgmError(f"model {self.name!r} has no sampler {sampler!r}: use {ANCESTRAL.name}")
-        if caption is not None and condition is not None:
-            raise DgmError("give a caption or a class, not both")
-        if caption is not None:
-            captions = self.captions([caption]).expand(n, -1)
-        elif condition is not None:
-            if not self.spec.class_names:
-                raise DgmError(f"{self.spec.name!r} has no class names to caption: pass a caption (--caption)")
-            labels = class_labels(self.name, condition, n, len(self.spec.class_names), self.device)
-            captions = self.captions([class_caption(name) for name in self.spec.class_names])[labels]
-        else:
+        captions = self.requested_captions(n, condition, caption, sampler)
+        if captions is None:  # no p(y): the example captions in turn
             texts = self.figure_captions()
             captions = self.captions(texts)[torch.arange(n, device=self.device) % len(texts)]
         return self.sample_captioned(captions, generator=generator)
@@ -306,21 +293,3 @@ class AlignDRAW(GenerativeModel):
             raise DgmError(f"alignDRAW has no reranker (rerank={rerank}): use rerank=1, or the dalle model")
         canvas, _ = self.draw(captions.to(self.device), generator=generator)
         return emit(self.likelihood, canvas, mean=self.config.sample_mean, generator=generator)
-
-    def captions(self, texts: list[str]) -> Tensor:
-        """Word ids ``(n, L)`` on the model's device; one clear line for unknown words or long captions."""
-        return self.vocabulary.encode(texts).to(self.device)
-
-    def figure_captions(self) -> list[str]:
-        """The data's example captions, else its first class captions (six at most)."""
-        texts = list(self.spec.extras.get("example_captions") or
-                     [class_caption(name) for name in self.spec.class_names or []])[:6]
-        if not texts:
-            raise DgmError(f"{self.spec.name!r} names no example or class captions to draw: pass a caption (--caption)")
-        return texts
-
-    def report_figures(self, *, generator: torch.Generator | None = None) -> list[tuple[str, Tensor | str, int, str]]:
-        texts = self.figure_captions()
-        images = self.sample_captioned(self.captions(texts).repeat_interleave(8, 0), generator=generator)
-        rows = "; ".join(f"row {i + 1}: \"{t}\"" for i, t in enumerate(texts))
-        return [("Images from captions", images, 8, f"8 samples per caption, {rows}.")]

@@ -34,10 +34,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dgm.data.captions import CaptionVocabulary, caption_ids, caption_vocabulary, class_caption
+from dgm.data.captions import caption_ids
 from dgm.data.core import Batch, DataSpec, to_unit
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Phase, Progress, Sampler, Stage, capability, inference, register
+from dgm.models.base import Loss, Phase, Progress, Sampler, Stage, capability, inference, register
+from dgm.models.captioned import CaptionedImageModel
 from dgm.models.language import picker
 from dgm.models.vae import emit
 from dgm.models.vqvae import VQVAE, VQVAEConfig
@@ -103,7 +104,7 @@ _TOKENIZER_FIELDS = ("num_codes", "code_dim", "downsampling", "num_res_blocks", 
 
 
 @register
-class TextToImage(GenerativeModel):
+class TextToImage(CaptionedImageModel):
     """A transformer over caption and image tokens with a VQ-VAE tokenizer and a contrastive reranker
     (module docstring).
 
@@ -132,17 +133,13 @@ class TextToImage(GenerativeModel):
     def __init__(self, config: TextToImageConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
         c = config
-        vocabulary = caption_vocabulary(spec)
-        if vocabulary is None:
-            raise DgmError(f"model {self.name!r} draws images from captions, but {spec.name!r} has neither captions "
-                           f"nor class names: use --data scenes, or labelled images such as fashion-mnist")
         if c.width % c.heads:
             raise DgmError(f"model.width ({c.width}) must be a multiple of model.heads ({c.heads})")
         if c.conv_kernel % 2 == 0:
             raise DgmError(f"model.conv_kernel must be odd (a neighbourhood centred on the token), got {c.conv_kernel}")
-        self.vocabulary: CaptionVocabulary = vocabulary
         self.tokenizer = VQVAE(self.tokenizer_config(c), spec, prior=False)  # refuses data that is not images
         self.grid = self.tokenizer.grid
+        vocabulary = self.vocabulary
         T, N = vocabulary.length, self.grid[0] * self.grid[1]
         # the transformer's inputs: [start, y_0 .. y_{T-1}, z_0 .. z_{N-2}]; output t predicts token t
         self.start = nn.Parameter(torch.zeros(c.width))
@@ -218,31 +215,16 @@ class TextToImage(GenerativeModel):
                     {"text_bits_per_token": text.detach(), "image_bits_per_token": image.detach()})
 
     # --- generation --------------------------------------------------------------------------------
-    def captions(self, texts: list[str]) -> Tensor:
-        """Captions as word ids ``(n, T)`` on the model's device; one clear line for unknown words or
-        a caption longer than the context."""
-        return self.vocabulary.encode(texts).to(self.device)
-
     def sample(self, n: int, condition: Tensor | None = None, *, generator: torch.Generator | None = None,
                sampler: str | None = None, caption: str | None = None, rerank: int | None = None,
                temperature: float | None = None, top_k: int | None = None) -> Tensor:
         """``n`` images ``(n, *spec.shape)``: of ``caption``, of the class captions of ``condition``
         (labels), or of captions drawn from the model; ``rerank`` candidates each (module docstring)."""
-        if sampler not in (None, ANCESTRAL.name):
-            raise DgmError(f"model {self.name!r} has no sampler {sampler!r}: use {ANCESTRAL.name}")
         hints = type_hints(CaptionOptions)
         options = {k: coerce(v, hints[k], "--" + k.replace("_", "-"))
                    for k, v in {"rerank": rerank, "temperature": temperature, "top_k": top_k}.items()}
-        if caption is not None and condition is not None:
-            raise DgmError("give a caption or a class, not both")
-        if caption is not None:
-            captions = self.captions([caption]).expand(n, -1)
-        elif condition is not None:
-            if not self.spec.class_names:
-                raise DgmError(f"{self.spec.name!r} has no class names to caption: pass a caption (--caption)")
-            names = [class_caption(self.spec.class_names[int(c)]) for c in condition.tolist()]
-            captions = self.captions(names)
-        else:
+        captions = self.requested_captions(n, condition, caption, sampler)
+        if captions is None:
             captions = self.draw_captions(n, generator=generator)
         return self.sample_captioned(captions, generator=generator, rerank=options["rerank"] or 1,
                                      temperature=options["temperature"] or 1.0, top_k=options["top_k"])
@@ -299,18 +281,4 @@ class TextToImage(GenerativeModel):
         return captions
 
     def report_figures(self, *, generator: torch.Generator | None = None) -> list[tuple[str, Tensor | str, int, str]]:
-        texts = self.figure_captions()
-        captions = self.captions(texts).repeat_interleave(8, 0)  # 8 images per caption, a row each
-        plain = self.sample_captioned(captions, generator=generator)
-        reranked = self.sample_captioned(captions, generator=generator, rerank=8)
-        rows = "; ".join(f"row {i + 1}: \"{t}\"" for i, t in enumerate(texts))
-        return [("Images from captions", plain, 8, f"8 samples per caption, {rows}."),
-                ("Images from captions, reranked", reranked, 8,
-                 f"each the best of 8 candidates by the contrastive model; {rows}.")]
-
-    def figure_captions(self) -> list[str]:
-        """The captions the report draws: the data's examples (held-out compositions among them), or the
-        first classes' captions."""
-        if self.spec.extras.get("example_captions"):
-            return list(self.spec.extras["example_captions"])[:6]
-        return [class_caption(name) for name in (self.spec.class_names or [])[:6]]
+        return [self.caption_figure(generator=generator), self.caption_figure(generator=generator, rerank=8)]
