@@ -78,6 +78,18 @@ def needs_images(spec: DataSpec) -> str | None:
     return None if spec.is_image else "sample-quality metrics need image data (for 2-D toys use mode_coverage)"
 
 
+def needs_one_class(spec: DataSpec) -> str | None:
+    """IS reads one class variable: refuse data whose own network reads several factors (scene-net)."""
+    from dgm.eval.features import card, default_net
+
+    reason = needs_images(spec)
+    name = default_net(spec) if reason is None else "inception"
+    if name != "inception" and len(card(name).heads) > 1:
+        return (f"the inception score needs one class per image, but {name} reads {len(card(name).heads)} factors "
+                f"of {spec.name!r}: use fid or caption_match")
+    return reason
+
+
 def needs_labels(spec: DataSpec) -> str | None:
     return None if spec.num_classes else f"{spec.name!r} has no labels to probe"
 
@@ -140,7 +152,7 @@ def kernel_inception_distance(model: GenerativeModel, ctx: EvalContext) -> list[
     return [Result("kid", mean, "", f"KID[{versus(model, ctx)}, 100 subsets of {size}]", ctx.split, {"std": std})]
 
 
-@metric("is", requires=("sample",), data=needs_images, plan=sample_quality_plan(()),
+@metric("is", requires=("sample",), data=needs_one_class, plan=sample_quality_plan(()),
         description="inception score exp(E KL(p(y|x) || p(y))), 10 splits (Salimans et al. 2016)")
 def inception_score_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     _, probs = sample_features(model, ctx)
