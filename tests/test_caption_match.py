@@ -158,3 +158,10 @@ def test_default_feature_nets_by_dataset_then_by_size(test_scenes, monkeypatch):
         feature_extractor(None, DataSpec("cifar10", (3, 32, 32)))
     with pytest.raises(DgmError, match="takes 3x32x32 images"):
         feature_extractor("scene-net", DataSpec("mnist", (1, 28, 28)))
+
+
+def test_the_inception_score_refuses_scenes_whose_reader_has_several_heads():
+    from dgm.eval.quality import needs_one_class
+
+    assert "reads 10 factors" in needs_one_class(dgm.data.load("scenes", "test").spec)
+    assert needs_one_class(dgm.data.load("digits", "test").spec) is None
