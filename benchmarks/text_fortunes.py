@@ -48,6 +48,7 @@ import dgm
 from dgm.data.sequences import unpack
 from dgm.run import DataConfig, RunConfig, load_data
 from dgm.train import TrainConfig
+from tables import markdown_table  # benchmarks/tables.py, beside this script
 
 MODELS = {  # row: (registry name, model settings; the rest are each model's defaults)
     "lstm-lm": ("lstm-lm", {}),
@@ -150,7 +151,7 @@ def main() -> None:
         print(f"(the sample rows need trained outline-gan, lstm-lm and {JUDGE} runs; --merge the folders that hold them)")
     record.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": args.threads,
                                   "epochs": args.epochs, "rows": list(results.values())}, indent=2))
-    print(table(list(results.values())))
+    print(markdown_table(list(results.values()), skip=("model", "settings", "run")))
 
 
 def sample_rows(models: dict, results: dict, test: dgm.data.Dataset, args: argparse.Namespace) -> dict:
@@ -171,16 +172,6 @@ def sample_rows(models: dict, results: dict, test: dgm.data.Dataset, args: argpa
         result["samples: self-BLEU-4"] = self_bleu(decode_tokens(x))
         rows[row] = result
     return rows
-
-
-def table(rows: list[dict]) -> str:
-    keys = sorted({k for r in rows for k in r if k not in ("row", "model", "settings", "run") and
-                   not k.endswith("qualifier")})
-    lines = ["| row | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for r in rows:
-        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "–")) for k in keys]
-        lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

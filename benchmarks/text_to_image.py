@@ -38,6 +38,7 @@ import torch
 import dgm
 from dgm.run import DataConfig, RunConfig, load_data
 from dgm.train import TrainConfig
+from tables import markdown_table  # benchmarks/tables.py, beside this script
 
 ROWS = {  # row: (model, dataset, model settings; the rest are the model's defaults)
     "dalle": ("dalle", "scenes", {}),
@@ -127,17 +128,7 @@ def main() -> None:
         results[row] = run_row(row, args, out)
         record.write_text(json.dumps({"machine": machine, "threads": args.threads, "device": args.device,
                                       "rows": list(results.values())}, indent=2))
-    print(table(list(results.values())))
-
-
-def table(rows: list[dict]) -> str:
-    keys = sorted({k for r in rows for k in r if k not in ("row", "data", "settings", "run") and
-                   not k.endswith(" qualifier")})
-    lines = ["| row | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for r in rows:
-        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "–")) for k in keys]
-        lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    print(markdown_table(list(results.values()), skip=("data", "settings", "run")))
 
 
 if __name__ == "__main__":

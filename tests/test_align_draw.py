@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from conftest import CLASS_CAPTIONS, captioned_blobs, image_dataset, vector_dataset
+from conftest import CLASS_CAPTIONS, captioned_blobs, vector_dataset
 from dgm.data.captions import caption_ids
 from dgm.errors import DgmError
 from dgm.models import Progress, capabilities, create
@@ -167,21 +167,9 @@ def test_samples_by_caption_class_and_the_class_captions_in_turn():
     assert images.shape == (4 * 8, *data.spec.shape) and per_row == 8
 
 
-def test_bad_captions_and_data_are_refused_in_one_line():
+def test_what_only_aligndraw_refuses():  # the caption refusals it shares with dalle: test_text_to_image.py
     model, _ = build()
-    with pytest.raises(DgmError, match="'purple'"):
-        model.sample(2, caption="top purple")
-    with pytest.raises(DgmError, match="4 words"):
-        model.sample(2, caption="top left top left")
-    with pytest.raises(DgmError, match="caption or a class"):
-        model.sample(2, torch.tensor([0, 1]), caption="top left")
-    with pytest.raises(DgmError, match="class 4"):
-        model.sample(2, torch.tensor([0, 4]))
     with pytest.raises(DgmError, match="no reranker"):
         model.sample_captioned(model.captions(["top left"]), rerank=2)
-    with pytest.raises(DgmError, match="no sampler"):
-        model.sample(2, sampler="ddim")
-    with pytest.raises(DgmError, match="neither captions nor class names"):
-        create("aligndraw", image_dataset(n=8, labels=True, representation="binary-dynamic").spec, **TINY)
     with pytest.raises(DgmError, match="draws images on a canvas"):
         create("aligndraw", vector_dataset().spec, **TINY)

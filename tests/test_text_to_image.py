@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from conftest import CLASS_CAPTIONS as CLASS_NAMES, captioned_blobs, image_dataset
 from dgm.errors import DgmError
-from dgm.models import Progress, create
+from dgm.models import Progress, create, model_class
+from dgm.models.base import make_config
 
 TINY = dict(num_codes=8, code_dim=4, tokenizer_width=8, downsampling=2, width=16, depth=4, heads=2,
             reranker_width=8, reranker_dim=8, tokenizer_epochs=1, conv_kernel=3)
@@ -88,16 +89,31 @@ def test_samples_by_caption_class_and_jointly():
     assert torch.all(drawn[after_pad] == 0)  # nothing follows the first padding token
 
 
-def test_bad_captions_are_refused_in_one_line():
-    model, _ = build()
+@pytest.mark.parametrize("name", ["dalle", "aligndraw"])
+def test_bad_captions_are_refused_in_one_line(name):
+    """The refusals of the shared caption layer (models/captioned.py), for every model on it."""
+    from test_align_draw import TINY as ALIGNDRAW_TINY
+
+    tiny = {"dalle": TINY, "aligndraw": ALIGNDRAW_TINY}[name]
+    cls = model_class(name)
+    data = captioned_blobs()
+    representation = cls.default_representation(make_config(cls, tiny), data.spec)
+    model = create(name, data.with_representation(representation).spec, **tiny)
     with pytest.raises(DgmError, match="'purple'"):
         model.sample(2, caption="top purple")
     with pytest.raises(DgmError, match="6 words"):
         model.sample(2, caption="top left top left top left")
     with pytest.raises(DgmError, match="caption or a class"):
         model.sample(2, torch.tensor([0, 1]), caption="top left")
+    with pytest.raises(DgmError, match="class 4"):
+        model.sample(2, torch.tensor([0, 4]))
+    with pytest.raises(DgmError, match="no sampler"):
+        model.sample(2, sampler="ddim")
     with pytest.raises(DgmError, match="neither captions nor class names"):
-        create("dalle", image_dataset(n=8, labels=True).spec, **TINY)
+        create(name, image_dataset(n=8, labels=True, representation=representation).spec, **tiny)
+
+
+def test_the_convolutional_mask_needs_an_odd_kernel():
     with pytest.raises(DgmError, match="odd"):
         create("dalle", captioned_blobs().spec, **{**TINY, "conv_kernel": 4})
 
