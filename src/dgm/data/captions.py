@@ -117,8 +117,18 @@ def caption_vocabulary(spec: DataSpec) -> CaptionVocabulary | None:
     return None
 
 
-def caption_ids(batch: Batch, spec: DataSpec) -> Tensor:
-    """Word ids ``(B, Lc)`` of the captions of ``batch``: its own, or the class captions of its labels.
+def class_caption_ids(spec: DataSpec) -> Tensor | None:
+    """Word ids ``(num_classes, Lc)`` of the class captions of labelled data without captions of its
+    own (row k captions class k); ``None`` for other data."""
+    if "caption_words" in spec.extras or not spec.class_names:
+        return None
+    return caption_vocabulary(spec).encode([class_caption(name) for name in spec.class_names])
+
+
+def caption_ids(batch: Batch, spec: DataSpec, class_captions: Tensor | None = None) -> Tensor:
+    """Word ids ``(B, Lc)`` of the captions of ``batch``: its own, or the class captions of its labels
+    (``class_captions``, the table of :func:`class_caption_ids`, which a caller that asks every step
+    makes once; ``None``: made here).
 
     Raises:
         DgmError: the data has neither captions nor class names, the batch lacks the data's own
@@ -139,5 +149,5 @@ def caption_ids(batch: Batch, spec: DataSpec) -> Tensor:
     if len(y) and (y.min() < 0 or y.max() >= len(spec.class_names)):
         raise DgmError(f"the batch has labels outside 0..{len(spec.class_names) - 1} (-1 marks an unknown label), "
                        "which have no class caption: caption only labelled examples (Dataset.known_labels())")
-    table = vocab.encode([class_caption(name) for name in spec.class_names])  # (num_classes, Lc)
+    table = class_caption_ids(spec) if class_captions is None else class_captions  # (num_classes, Lc)
     return table.to(y.device)[y]

@@ -38,7 +38,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from dgm.data.captions import caption_ids
 from dgm.data.core import Batch, DataSpec, to_unit
 from dgm.errors import DgmError
 from dgm.models.base import Loss, Progress, Sampler, capability, inference, randn, register
@@ -259,7 +258,7 @@ class AlignDRAW(CaptionedImageModel):
 
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         c = self.config
-        rec, kl = self.terms(batch.x, caption_ids(batch, self.spec), progress.generator)
+        rec, kl = self.terms(batch.x, self.batch_captions(batch), progress.generator)
         penalty, beta = weighted_kl(kl, beta=c.beta, free_bits=0.0, warmup_steps=c.kl_warmup_steps, step=progress.step)
         return Loss(-rec.mean() + penalty, {"conditional_elbo": (rec - kl.sum(1)).mean(), "reconstruction": rec.mean(),
                                             "kl": kl.sum(1).mean(), "beta": torch.tensor(beta)})
@@ -269,7 +268,7 @@ class AlignDRAW(CaptionedImageModel):
         """One-sample bound on log p(x | y) in nats, ``(B,)`` (eq. 9), for caption ids ``(B, L)`` or, on
         class-captioned data, class labels ``(B,)``."""
         if captions.dim() == 1:
-            captions = caption_ids(Batch(x, y=captions), self.spec)
+            captions = self.batch_captions(Batch(x, y=captions))
         rec, kl = self.terms(x, captions)
         return rec - kl.sum(1)
 

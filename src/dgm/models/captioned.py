@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dgm.data.captions import CaptionVocabulary, caption_vocabulary, class_caption
-from dgm.data.core import DataSpec
+from dgm.data.captions import CaptionVocabulary, caption_ids, caption_vocabulary, class_caption, class_caption_ids
+from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel
 from dgm.models.refusals import class_labels
@@ -33,6 +33,12 @@ class CaptionedImageModel(GenerativeModel):
             raise DgmError(f"model {self.name!r} draws images from captions, but {spec.name!r} has neither captions "
                            f"nor class names: use --data scenes, or labelled images such as fashion-mnist")
         self.vocabulary: CaptionVocabulary = vocabulary
+        # the class captions' ids (None for data with its own captions), made once for every training step
+        self.register_buffer("class_captions", class_caption_ids(spec), persistent=False)
+
+    def batch_captions(self, batch: Batch) -> Tensor:
+        """Word ids ``(B, T)`` of a batch's captions: its own, or its labels' class captions."""
+        return caption_ids(batch, self.spec, self.class_captions)
 
     def captions(self, texts: list[str]) -> Tensor:
         """Word ids ``(n, T)`` on the model's device; one clear line for unknown words or long captions."""
@@ -54,7 +60,7 @@ class CaptionedImageModel(GenerativeModel):
         if not self.spec.class_names:
             raise DgmError(f"{self.spec.name!r} has no class names to caption: pass a caption (--caption)")
         labels = class_labels(self.name, condition, n, len(self.spec.class_names), self.device)
-        return self.captions([class_caption(name) for name in self.spec.class_names])[labels]
+        return self.batch_captions(Batch(torch.empty(0), y=labels))
 
     def figure_captions(self) -> list[str]:
         """The captions the report draws: the data's examples (``scenes`` names held-out compositions among

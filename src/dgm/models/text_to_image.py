@@ -27,6 +27,7 @@ captions (``scenes``), or the class names of labelled data (``fashion-mnist``: "
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -34,20 +35,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from dgm.data.captions import caption_ids
 from dgm.data.core import Batch, DataSpec, to_unit
 from dgm.errors import DgmError
 from dgm.models.base import Loss, Phase, Progress, Sampler, Stage, capability, inference, register
 from dgm.models.captioned import CaptionedImageModel
-from dgm.models.language import picker
+from dgm.models.language import autoregress, picker
 from dgm.models.vae import emit
 from dgm.models.vqvae import VQVAE, VQVAEConfig
 from dgm.nn.contrastive import ContrastiveModel, ImageEncoder, TextEncoder
 from dgm.nn.transformer import INIT_STD, CausalTransformer, init_weights, text_image_masks
 from dgm.settings import (Decay, Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range,
                           coerce, type_hints)
-
-LOG2 = 0.6931471805599453
 
 
 @dataclass
@@ -178,13 +176,6 @@ class TextToImage(CaptionedImageModel):
         out = self.transformer(inputs)
         return self.text_head(out[:, :T]).float(), self.image_head(out[:, T:]).float()
 
-    def token_bits(self, captions: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
-        """-log2 p(y) and -log2 p(z | y) of each example, bits, ``(B,)`` each."""
-        text, image = self.logits(captions, codes)
-        text_nll = F.cross_entropy(text.transpose(1, 2), captions, reduction="none").sum(1)
-        image_nll = F.cross_entropy(image.transpose(1, 2), codes.flatten(1), reduction="none").sum(1)
-        return text_nll / LOG2, image_nll / LOG2
-
     # --- training: the tokenizer and the reranker, then the transformer -----------------------------
     def phases(self) -> list[Phase]:
         own = [self.start, self.pad_embedding, *self.text_embedding.parameters(), *self.image_embedding.parameters(),
@@ -201,18 +192,19 @@ class TextToImage(CaptionedImageModel):
     def loss(self, batch: Batch, phase: str, progress: Progress) -> Loss:
         if phase == "tokenizer":
             return self.tokenizer.loss(batch, "vqvae", progress)
-        captions = caption_ids(batch, self.spec)
+        captions = self.batch_captions(batch)
         if phase == "reranker":
             loss = self.reranker.loss(captions, to_unit(batch.x, self.spec))
             return Loss(loss, {"contrastive": loss.detach(), "scale": self.reranker.log_scale.detach().exp()})
         with torch.no_grad():  # the tokenizer is frozen in this stage
             codes = self.tokenizer.codes(batch.x)
-        text_bits, image_bits = self.token_bits(captions, codes)
-        T, N = captions.shape[1], codes[0].numel()
-        text, image = text_bits.mean() / T, image_bits.mean() / N  # per token, as the paper normalises
+        text_logits, image_logits = self.logits(captions, codes)
+        # each cross-entropy averaged over its own tokens, as the paper normalises them (sec. 2.2), nats
+        text = F.cross_entropy(text_logits.transpose(1, 2), captions)
+        image = F.cross_entropy(image_logits.transpose(1, 2), codes.flatten(1))
         w = self.config.text_weight
-        return Loss((w * text + (1 - w) * image) * LOG2,
-                    {"text_bits_per_token": text.detach(), "image_bits_per_token": image.detach()})
+        return Loss(w * text + (1 - w) * image, {"text_bits_per_token": text.detach() / math.log(2),
+                                                 "image_bits_per_token": image.detach() / math.log(2)})
 
     # --- generation --------------------------------------------------------------------------------
     def sample(self, n: int, condition: Tensor | None = None, *, generator: torch.Generator | None = None,
@@ -265,20 +257,17 @@ class TextToImage(CaptionedImageModel):
 
     @inference
     def draw_captions(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """Captions ``(n, T)`` drawn from p(y); every position after the first padding token is padding."""
-        T = self.vocabulary.length
+        """Captions ``(n, T)`` drawn from p(y) with the key-value cache; padding, the end token of the
+        language models (id 0), is drawn once and fills every later position."""
+        captions = torch.zeros(n, self.vocabulary.length, dtype=torch.long, device=self.device)
         cache = self.transformer.new_cache(n)
         logits = self.text_head(self.transformer(self.start.expand(n, 1, -1), cache=cache)[:, 0]).float()
-        pick = picker(generator)
-        captions = torch.zeros(n, T, dtype=torch.long, device=self.device)
-        ended = torch.zeros(n, dtype=torch.bool, device=self.device)
-        for t in range(T):
-            captions[:, t] = pick(logits).masked_fill(ended, 0)
-            ended |= captions[:, t] == 0
-            if t + 1 < T:
-                inputs = self.embed_caption(captions[:, :t + 1])[:, t:t + 1]
-                logits = self.text_head(self.transformer(inputs, cache=cache)[:, 0]).float()
-        return captions
+
+        def advance(t: int) -> Tensor:  # the logits of caption position t + 1, after feeding position t
+            inputs = self.embed_caption(captions[:, :t + 1])[:, t:t + 1]
+            return self.text_head(self.transformer(inputs, cache=cache)[:, 0]).float()
+
+        return autoregress(captions, 0, logits, advance, picker(generator))
 
     def report_figures(self, *, generator: torch.Generator | None = None) -> list[tuple[str, Tensor | str, int, str]]:
         return [self.caption_figure(generator=generator), self.caption_figure(generator=generator, rerank=8)]
