@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dgm.data import files, scenes, sequences, sources, sprites, toys
+from dgm.data import files, scenes, sequences, sources, sprites, toys, voxels
 from dgm.data.core import REPRESENTATIONS, UNLABELLED, Batch, Dataset, DataSpec, to_unit
 from dgm.data.sources import Part, Request
 from dgm.errors import DgmError, unknown_name
@@ -72,6 +72,10 @@ DATASETS: dict[str, Source] = {
     "scenes": Source("32x32 RGB scenes of one or two coloured shapes with captions from 10 known factors; no "
                      "green triangle in training (held-out compositions); 20k/2k, 3 classes (shape of A)",
                      scenes.load, "unit", render=scenes.render, caption=scenes.caption_word_ids),
+    "voxels": Source("16^3 voxel volumes of a box, sphere, cylinder or cone, or the union of two, from 10 known "
+                     "factors; 10k/2k, 4 classes (first shape)", voxels.load, "unit", render=voxels.render),
+    "voxels32": Source("the voxels data at 32^3; 4k/1k, 4 classes", partial(voxels.load, side=32), "unit",
+                       render=partial(voxels.render, side=32)),
     "shapes2d": Source("point sets: 8..64 2-D points on a circle or a square outline, 10k/2k sets, 2 classes",
                        sequences.load_shapes2d, "continuous"),
     "fortunes": Source("byte-level token sequences: the fortunes of fortune-mod (apt-get install fortunes-min), "

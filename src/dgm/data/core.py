@@ -35,8 +35,9 @@ Representation = Literal[
 ]
 REPRESENTATIONS: tuple[str, ...] = get_args(Representation)
 #: what one example is: an image ``(C, H, W)``, a vector ``(D,)``, a token sequence ``(L,)`` padded to
-#: ``L`` tokens, or a set of up to ``N`` points ``(N, D)``; sequences and sets come with their lengths
-Kind = Literal["image", "vector", "tokens", "points"]
+#: ``L`` tokens, a set of up to ``N`` points ``(N, D)`` (sequences and sets come with their lengths), or
+#: a voxel volume ``(C, D, H, W)`` (``voxels``)
+Kind = Literal["image", "vector", "tokens", "points", "volume"]
 KINDS: tuple[str, ...] = get_args(Kind)
 #: the one representation of each variable-length kind (their raw values are what a model sees)
 _KIND_REPRESENTATION = {"tokens": "levels", "points": "continuous"}
@@ -64,7 +65,7 @@ class DataSpec:
             standard deviation of the 2-D toys (``{"modes": [[x, y], ...], "mode_std": 0.01}``), or
             the names and sizes of the generative factors of a procedural dataset
             (``{"factors": ["shape", ...], "factor_sizes": [3, ...]}``, values in ``Dataset.factors``).
-        kind: ``"image"``, ``"vector"``, ``"tokens"`` or ``"points"`` (:data:`Kind`); ``None`` infers
+        kind: ``"image"``, ``"vector"``, ``"tokens"``, ``"points"`` or ``"volume"`` (:data:`Kind`); ``None`` infers
             image or vector from the shape. For ``"tokens"``, ``shape`` is ``(max_length,)`` and
             ``levels`` the vocabulary size; for ``"points"``, ``shape`` is ``(max_points, D)``. Both
             are padded, and each batch carries a ``mask`` of the real tokens or points.

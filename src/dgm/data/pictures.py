@@ -33,6 +33,10 @@ def sample_picture(samples: Tensor, spec: DataSpec, reference: Tensor | None = N
         return grid(to_unit(samples, spec), nrow=nrow, scale=scale)
     if spec.kind == "tokens":
         return text_picture(decode_tokens(samples, mask))
+    if spec.kind == "volume":  # a volume is shown by a shaded view of it (dgm.data.voxels.picture_views)
+        from dgm.data.voxels import picture_views
+
+        return grid(picture_views(to_unit(samples, spec)), nrow=nrow, scale=max(1, 64 // spec.shape[-1]))
     if spec.kind == "points":
         return point_sets_picture(samples, real_mask(samples, spec) if mask is None else mask, nrow=nrow)
     if spec.shape == (2,):
