@@ -19,6 +19,7 @@ TINY = {
     **{name: GAN_TINY for name in ("gan", "wgan", "wgan-gp", "lsgan", "sngan", "cgan", "acgan", "bigan", "ali")},
     "pacgan": {**GAN_TINY, "pack": 2},  # the tests' batches (16, 4) are multiples of 2
     "infogan": {**GAN_TINY, "categorical_codes": 3, "continuous_codes": 2},
+    "self-labelling-gan": {**GAN_TINY, "threshold": 0.2},  # 4 classes: a low bound, so some self-labels are used
     "ddpm": {"timesteps": 10, "width": 8, "channel_mults": (1, 2), "sample_steps": 4},
     "nade": {"hidden": 8},
     "made": {"hidden": (16, 16), "num_masks": 2, "order_agnostic": True},
