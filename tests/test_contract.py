@@ -60,6 +60,9 @@ TINY = {
     "voxel-vae": {"latent_dim": 3, "width": 4, "observe": "views", "views": (0.0, 90.0)},
     "aligndraw": {"steps": 2, "latent_dim": 3, "hidden": 8, "embed_dim": 4, "caption_hidden": 4, "align_dim": 4,
                   "read_size": 2, "write_size": 2},
+    "ddc-hm": {"latent_dims": (4, 3), "latents": "mixed", "features": 8, "hidden": (16,), "sleep_samples": 8,
+               "readout_samples": 16},
+    "rws": {"latent_dims": (4, 3), "latents": "mixed", "hidden": (8,), "samples": 3},
 }
 #: models that read another kind of data than the labelled images the contract uses
 POINT_SET_MODELS = {"set-flow"}

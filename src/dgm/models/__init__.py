@@ -31,6 +31,7 @@ from dgm.models import sentence_vae  # noqa: F401  (the sentence VAE of Bowman e
 from dgm.models import topic_model  # noqa: F401  (ProdLDA, a neural topic model)
 from dgm.models import text_to_image  # noqa: F401  (DALL-E: a transformer over caption and image tokens)
 from dgm.models import align_draw  # noqa: F401  (alignDRAW: DRAW on a canvas, aligned to the caption's words)
+from dgm.models import helmholtz  # noqa: F401  (the DDC Helmholtz machine and reweighted wake-sleep)
 from dgm.models import self_labelling_gan  # noqa: F401  (the self-labelling GAN of Watanabe & Favaro 2021)
 from dgm.models import volumetric  # noqa: F401  (voxel-vae: 3-D shapes from volumes or 2-D views)
 
