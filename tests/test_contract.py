@@ -57,6 +57,9 @@ TINY = {
     "idvae": {"latent_dim": 3, "hidden": (16,), "prior_hidden": (8,), "auxiliary": "labels"},
     "dalle": {"num_codes": 8, "code_dim": 4, "tokenizer_width": 8, "downsampling": 2, "width": 16, "depth": 2,
               "heads": 2, "reranker_width": 8, "reranker_dim": 8, "tokenizer_epochs": 1, "conv_kernel": 3},
+    "constrained-vae": {"latent_dim": 3, "hidden": (16,), "examples": 4, "proposals": 4, "constraint_hidden": 8},
+    "constrained-lm": {"width": 8, "hidden": 16, "layers": 1, "template": "^the ", "examples": 4, "proposals": 4,
+                       "constraint_hidden": 8},
     "voxel-vae": {"latent_dim": 3, "width": 4, "observe": "views", "views": (0.0, 90.0)},
     "aligndraw": {"steps": 2, "latent_dim": 3, "hidden": 8, "embed_dim": 4, "caption_hidden": 4, "align_dim": 4,
                   "read_size": 2, "write_size": 2},
@@ -67,7 +70,7 @@ TINY = {
 #: models that read another kind of data than the labelled images the contract uses
 POINT_SET_MODELS = {"set-flow"}
 VOLUME_MODELS = {"voxel-vae"}  # voxel volumes (dgm.data.voxels)
-TOKEN_MODELS = {"lstm-lm", "transformer-lm", "sentence-vae", "outline-gan", "prodlda"}
+TOKEN_MODELS = {"lstm-lm", "transformer-lm", "sentence-vae", "outline-gan", "prodlda", "constrained-lm"}
 #: models that draw images from captions: the labelled images, captioned by class names of 1 to 3 words
 CAPTION_MODELS = {"dalle", "aligndraw"}
 

@@ -33,6 +33,7 @@ from dgm.models import text_to_image  # noqa: F401  (DALL-E: a transformer over 
 from dgm.models import align_draw  # noqa: F401  (alignDRAW: DRAW on a canvas, aligned to the caption's words)
 from dgm.models import helmholtz  # noqa: F401  (the DDC Helmholtz machine and reweighted wake-sleep)
 from dgm.models import self_labelling_gan  # noqa: F401  (the self-labelling GAN of Watanabe & Favaro 2021)
+from dgm.models import knowledge_constraints  # noqa: F401  (learnable knowledge constraints: constrained-vae, -lm)
 from dgm.models import volumetric  # noqa: F401  (voxel-vae: 3-D shapes from volumes or 2-D views)
 
 __all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "Stage", "capabilities", "capability",
