@@ -176,3 +176,22 @@ def test_voxel_vae_refuses_images_and_figures_turn_the_samples():
     from dgm.data.pictures import sample_picture
 
     assert sample_picture(_data(4).tensors(4).x, _data(4).spec).size[0] > 64
+
+
+def test_the_report_turns_test_volumes_beside_the_shapes_inferred_from_one_view():
+    from dgm.data.voxels import TURN
+    from dgm.nn.projection import shaded
+    from dgm.report.html import inferred_shapes_figure
+
+    model, _ = _trained("views", steps=2)
+    data = _data(4)
+    figure = inferred_shapes_figure(model.eval(), data, count=2)
+    assert figure.title == "Inferred shapes, turning" and "silhouette at azimuth 0" in figure.caption
+    # 2 pairs of rows of len(TURN) views, each 64 px (16^3 enlarged 4x) with the grid's 1-px lines
+    assert figure.picture.size == (len(TURN) * 65 + 1, 4 * 65 + 1)
+    # the first cell is the first test volume seen straight on (azimuth 0, elevation 25)
+    first = np.asarray(figure.picture)[1:65, 1:65].astype(np.float64) / 255
+    first = first if first.ndim == 2 else first[..., 0]
+    straight = shaded(data.tensors(1).x.float(), 0.0, math.radians(25.0))[0, 0]
+    expected = straight.repeat_interleave(4, 0).repeat_interleave(4, 1).numpy()
+    assert np.abs(first - expected).max() <= 1 / 255 + 1e-6

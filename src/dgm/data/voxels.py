@@ -28,8 +28,10 @@ is the first shape.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from dgm.data.sources import Part, Request
@@ -103,3 +105,19 @@ def picture_views(volumes: Tensor, azimuth: float = 0.5236, elevation: float = 0
     from dgm.nn.projection import shaded
 
     return shaded(volumes.float(), azimuth, elevation)
+
+
+#: azimuths (degrees) of a turning strip: one volume seen all the way round
+TURN = tuple(45.0 * k for k in range(8))
+
+
+def turning(volumes: Tensor, elevation: float = 25.0) -> Tensor:
+    """Shaded views of occupancies ``volumes`` ``(N, 1, D, H, W)`` from the azimuths :data:`TURN`,
+    enlarged to at least 64 pixels: ``(N * len(TURN), 1, s, s)``, one volume per row of a grid of
+    ``len(TURN)`` (the report's stand-in for a rotating picture)."""
+    from dgm.nn.projection import shaded
+
+    e = math.radians(elevation)
+    views = torch.stack([shaded(volumes.float(), math.radians(a), e) for a in TURN], 1).flatten(0, 1)
+    scale = max(1, 64 // views.shape[-1])
+    return torch.nn.functional.interpolate(views, scale_factor=scale, mode="nearest") if scale > 1 else views

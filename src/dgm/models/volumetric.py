@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from dgm.data.core import DataSpec
+from dgm.data.voxels import TURN, turning
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, capability, register
 from dgm.models.vae import VAE, VAEConfig, likelihood_of
@@ -47,8 +48,6 @@ from dgm.settings import PositiveInt, Range
 
 Angle = Annotated[float, Range(-360, 360)]  # degrees
 EMPTY_LOGIT = -3.0  # initial voxel logit: sigmoid(-3) = 4.7%
-#: azimuths (degrees) of the turning figures of the report
-TURN = tuple(45.0 * k for k in range(8))
 
 
 @dataclass
@@ -174,12 +173,11 @@ class VoxelVAE(VAE):
                  f"each row is one sampled volume (occupancy probabilities) seen from azimuths "
                  f"{', '.join(f'{a:.0f}' for a in TURN)} degrees at elevation 25, shaded (nearer is brighter)")]
 
+    @property
+    def reconstruction_description(self) -> str:
+        """What :meth:`reconstruct` reads, for the report's figure of inferred shapes."""
+        if self.config.observe == "views":
+            return (f"the shape inferred from its silhouette at azimuth {self.config.views[0]:.0f}, "
+                    f"elevation {self.config.elevation:.0f} degrees alone (the model never saw a voxel)")
+        return "its reconstruction from the volume"
 
-def turning(volumes: Tensor, elevation: float = 25.0) -> Tensor:
-    """Shaded views of ``volumes`` ``(N, 1, D, H, W)`` from the azimuths :data:`TURN`, enlarged to
-    at least 64 pixels: ``(N * len(TURN), 1, s, s)``, one volume per row of a grid of ``len(TURN)``."""
-    e = math.radians(elevation)
-    views = torch.stack([projection.shaded(volumes, math.radians(a), e) for a in TURN], 1)  # (N, T, 1, H, W)
-    views = views.flatten(0, 1)
-    scale = max(1, 64 // views.shape[-1])
-    return nn.functional.interpolate(views, scale_factor=scale, mode="nearest") if scale > 1 else views

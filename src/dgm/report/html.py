@@ -197,6 +197,20 @@ def density_figure(model: GenerativeModel, test: Dataset, generator: torch.Gener
                   f"on a {DENSITY_GRID}x{DENSITY_GRID} grid; right: {DENSITY_SAMPLES} samples")
 
 
+def inferred_shapes_figure(model: GenerativeModel, test: Dataset, count: int = 4) -> Figure:
+    """Test volumes and the model's reconstructions of them, each seen turning (:func:`dgm.data.voxels.turning`)."""
+    from dgm.data.voxels import TURN, turning
+
+    x = test.tensors(count).x.to(model.device)  # (count, 1, D, H, W)
+    with torch.inference_mode():
+        pairs = torch.stack([to_unit(x, model.spec).float(), model.reconstruct(x).float()], 1).flatten(0, 1)
+    read = getattr(model, "reconstruction_description", "its reconstruction by the model")
+    return Figure("Inferred shapes, turning", images.grid(turning(pairs), nrow=len(TURN)),
+                  f"rows in pairs: a test volume, then {read}; each seen from azimuths "
+                  f"{', '.join(f'{a:.0f}' for a in TURN)} degrees at elevation 25, shaded (nearer is brighter)",
+                  pixelated=True)
+
+
 def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Callable[[], list[Figure]]]:
     """Drawers of every picture the report asks of the model, in page order, sharing one generator
     (so a redraw gives the same pictures)."""
@@ -227,6 +241,8 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
         drawers.append(samples)
     if spec.shape == (2,) and spec.kind == "vector" and {"log_prob", "sample"} <= have:
         drawers.append(lambda: [density_figure(model, test, generator)])
+    if spec.kind == "volume" and "reconstruct" in have:
+        drawers.append(lambda: [inferred_shapes_figure(model, test)])
     if not spec.is_image:
         return [*drawers, own_figures]
     batch = test.tensors(16)
