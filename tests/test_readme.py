@@ -71,5 +71,6 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
                  "runs/ladder/report.html", "runs/tc/report.html", "runs/idvae/report.html",
                  "lines.txt", "runs/lstm/report.html",
                  "board.csv", "board.png", "demo/report.html",
-                 "runs/api-vae/report.html"]:
+                 "runs/api-vae/report.html", "runs/sl-gan/report.html", "runs/ddc-hm/report.html",
+                 "runs/left-sprites/report.html", "runs/voxels/report.html"]:
         assert (tmp_path / made).exists(), made
