@@ -12,9 +12,13 @@ model sees the same number of examples per step. ``gan`` reads no label, so it h
 fractions; ``cgan`` needs every label (it refuses partly labelled data), so it has the 100% row only.
 0% is the self-labelling GAN with ``model.ignore_labels=true`` (K = 10 artificial classes).
 
-    # the small run of docs/benchmarks.md (~9 min on one thread of a shared 2-core CPU)
-    OMP_NUM_THREADS=1 python benchmarks/self_labelling_gan_fashion_mnist.py \\
-        --epochs 1 --width 16 --samples 2000 --out /tmp/bench/sl-gan
+    # the runs of docs/benchmarks.md (~25 min per seed on one thread of a shared 2-core CPU);
+    # --set keys of the self-labelling GAN reach only its runs
+    OMP_NUM_THREADS=1 python benchmarks/self_labelling_gan_fashion_mnist.py --epochs 3 --width 16 \\
+        --samples 2000 --set model.classifier_ema 0.99 --seed 0 --out /tmp/bench/sl-gan-0   # and --seed 1
+    # the generator's classification term switched off (lambda = 0)
+    OMP_NUM_THREADS=1 python benchmarks/self_labelling_gan_fashion_mnist.py --models self-labelling-gan \\
+        --epochs 3 --width 16 --samples 2000 --set model.classifier_ema 0.99 --set model.classifier_weight 0
     # full scale
     python benchmarks/self_labelling_gan_fashion_mnist.py --epochs 20 --width 64 --samples 10000 --threads 2
 """

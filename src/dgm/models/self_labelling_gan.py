@@ -74,7 +74,9 @@ class SelfLabellingGANConfig(GANConfig):
     classes: PositiveInt | None = None  # K artificial classes; None: the data's number of classes (needed without labels)
     threshold: Fraction = 0.9  # tau: a real example takes its self-label only where max_k C_ema(k|x) > tau (1: never)
     classifier_ema: Decay = 0.999  # d: EMA decay of the classifier that labels real data
-    classifier_weight: NonNegativeFloat = 1.0  # lambda of the generator's term E[-log C(y_g | G(z, y_g))] (0: off)
+    # lambda of the generator's term E[-log C(y_g | G(z, y_g))] (0: off). It helps with some labels and
+    # hurts with none (an arbitrary split of the output): docs/benchmarks.md, so set 0 at 0% labels
+    classifier_weight: NonNegativeFloat = 1.0
     ignore_labels: bool = False  # train as with 0% labels on labelled data (K: classes, else the data's classes)
 
 
