@@ -66,6 +66,8 @@ TINY = {
     "ddc-hm": {"latent_dims": (4, 3), "latents": "mixed", "features": 8, "hidden": (16,), "sleep_samples": 8,
                "readout_samples": 16},
     "rws": {"latent_dims": (4, 3), "latents": "mixed", "hidden": (8,), "samples": 3},
+    "conv-draw": {"steps": 2, "latent_channels": 2, "hidden": 4, "width": 4},
+    "dplc": {"code_dim": 3, "levels": 3, "width": 4, "critic_width": 4, "critic_steps": 2},
 }
 #: models that read another kind of data than the labelled images the contract uses
 POINT_SET_MODELS = {"set-flow"}

@@ -35,6 +35,7 @@ from dgm.models import helmholtz  # noqa: F401  (the DDC Helmholtz machine and r
 from dgm.models import self_labelling_gan  # noqa: F401  (the self-labelling GAN of Watanabe & Favaro 2021)
 from dgm.models import knowledge_constraints  # noqa: F401  (learnable knowledge constraints: constrained-vae, -lm)
 from dgm.models import volumetric  # noqa: F401  (voxel-vae: 3-D shapes from volumes or 2-D views)
+from dgm.models import conv_draw, dplc  # noqa: F401  (convolutional DRAW; distribution-preserving lossy compression)
 
 __all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "Stage", "capabilities", "capability",
            "create", "fits_in_closed_form", "model_class", "register"]
