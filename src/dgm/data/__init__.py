@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dgm.data import files, scenes, sequences, sources, sprites, toys, voxels
+from dgm.data import files, probes, scenes, sequences, sources, sprites, toys, voxels
 from dgm.data.core import REPRESENTATIONS, UNLABELLED, Batch, Dataset, DataSpec, to_unit
 from dgm.data.sources import Part, Request
 from dgm.errors import DgmError, unknown_name
@@ -76,6 +76,14 @@ DATASETS: dict[str, Source] = {
                      "factors; 10k/2k, 4 classes (first shape)", voxels.load, "unit", render=voxels.render),
     "voxels32": Source("the voxels data at 32^3; 4k/1k, 4 classes", partial(voxels.load, side=32), "unit",
                        render=partial(voxels.render, side=32)),
+    "dots3": Source("probe (Zhao et al. 2018): 32x32 grey, exactly 3 white dots; 10k/2k",
+                    partial(probes.load_dots, (3,)), "unit"),
+    "dots2or4": Source("probe: 32x32 grey, 2 or 4 white dots (never 3); 10k/2k",
+                       partial(probes.load_dots, (2, 4)), "unit"),
+    "colours": Source("probe: 32x32 RGB stripes, red:green:blue area 1/2:1/4:1/4; 10k/2k",
+                      probes.load_colours, "unit"),
+    "combos": Source("probe: 32x32 grey, 2 discs + 1 square or 1 disc + 2 squares; 10k/2k", probes.load_combos,
+                     "unit"),
     "shapes2d": Source("point sets: 8..64 2-D points on a circle or a square outline, 10k/2k sets, 2 classes",
                        sequences.load_shapes2d, "continuous"),
     "fortunes": Source("byte-level token sequences: the fortunes of fortune-mod (apt-get install fortunes-min), "
