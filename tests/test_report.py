@@ -83,7 +83,11 @@ def test_writing_the_report_shows_progress_only_when_asked(ddpm_run, capsys):
     assert capsys.readouterr().err == ""
     assert main(["report", str(ddpm_run), "--redraw"]) == 0
     err = capsys.readouterr().err
-    assert re.search(r"report figures:\s+0%\|\s+\| 0/5", err), err  # curves, diagnostics, samples, the restore app, own
+    from dgm import run
+    from dgm.apps import apps_for
+
+    # curves, diagnostics, samples, the nearest training images, each app's figures (restore, ...), own
+    assert re.search(rf"report figures:\s+0%\|\s+\| 0/{5 + len(apps_for(run.load(ddpm_run)))}", err), err
 
 
 class Watched(GenerativeModel):

@@ -240,6 +240,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         output_path(args.csv).write_text(compare.to_csv(rows))
     if args.plot:
         print(f"plot: {compare.plot(rows, output_path(args.plot))}")
+    if args.html:
+        print(f"page: {compare.write_html(rows, output_path(args.html))}")
     return 0
 
 
@@ -350,6 +352,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--markdown", help="also write the table to this file")
     p.add_argument("--csv", help="also write the table as CSV")
     p.add_argument("--plot", help="bar charts of every metric, as a PNG")
+    p.add_argument("--html", help="also write a page: the table, the runs' training curves overlaid, their samples")
     p.set_defaults(fn=cmd_compare)
 
     p = sub.add_parser("report", help="(re)write RUN/report.html")

@@ -5,6 +5,9 @@ metric (a GAN has no likelihood, a VAE no mode coverage on images; an empty cell
 are marked "≤" (an NLL bound is an upper bound on the true NLL), and the qualifiers behind each
 column are listed under the table (and in the titles of the plot), so numbers computed differently
 are never silently compared.
+
+``dgm compare --html PAGE`` also writes one self-contained page: the table, the training curves of
+the runs overlaid (one plot per quantity their ``metrics.csv`` share) and each run's sample grid.
 """
 from __future__ import annotations
 
@@ -160,4 +163,122 @@ def plot(rows: list[RunRow], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+    return path
+
+
+# --- the comparison page (``dgm compare --html``) --------------------------------------------------
+#: the most metrics whose training curves the page overlays
+MAX_CURVES = 12
+
+
+def shared_curves(logs: list[list[dict[str, float]]]) -> list[str]:
+    """The quantities logged in the ``metrics.csv`` of at least two runs (of the one run, when there
+    is one), the loss first: the step and epoch counters and learning rates (settings) left out."""
+    counts: dict[str, int] = {}
+    for rows in logs:
+        for name in {k for r in rows for k in r}:
+            if name not in ("step", "epoch") and name.split("/")[-1] != "lr":
+                counts[name] = counts.get(name, 0) + 1
+    needed = min(2, len(logs))
+    return sorted((n for n, c in counts.items() if c >= needed), key=lambda n: (n != "loss", n))[:MAX_CURVES]
+
+
+def overlaid(logs: list[list[dict[str, float]]], labels: list[str], name: str):  # noqa: ANN201 (a PIL image)
+    """One plot of ``name`` against the optimiser step, a line per run that logged it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dgm.io.images import figure_to_image
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=80)
+    for j, (rows, label) in enumerate(zip(logs, labels)):
+        points = [(r["step"], r[name]) for r in rows if name in r and "step" in r]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], lw=1.2, color=f"C{j % 10}", label=label,
+                    marker="." if len(points) < 20 else None)  # a short run's few points (or one) still show
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return figure_to_image(fig)
+
+
+def samples_picture(run: Path) -> tuple[str, str, bool] | None:
+    """The run's sample grid as ``(data URI, where it comes from, whether it is an image grid)``: the
+    report's samples figure (``RUN/figures``), else the last grid drawn during training
+    (``RUN/samples``), else None."""
+    from PIL import Image
+
+    from dgm.io.images import data_uri
+    from dgm.report.html import FIGURES_DIR, FIGURES_INDEX
+
+    path, source, pixelated = None, "", True
+    index = run / FIGURES_DIR / FIGURES_INDEX
+    if index.exists():
+        try:
+            entry = next((e for e in json.loads(index.read_text()).get("figures", [])
+                          if e.get("title") == "Samples" and e.get("file")), None)
+        except (ValueError, AttributeError):  # a damaged index: the grids drawn during training serve
+            entry = None
+        if entry is not None:
+            path, source, pixelated = run / FIGURES_DIR / entry["file"], entry["caption"], entry.get("pixelated", True)
+    if path is None:
+        grids = sorted((run / "samples").glob("epoch_*.png"))
+        if grids:
+            path, source = grids[-1], f"drawn during training ({grids[-1].name})"
+    if path is None or not path.exists():
+        return None
+    with Image.open(path) as im:
+        im.load()
+        return data_uri(im), source, pixelated
+
+
+def write_html(rows: list[RunRow], path: Path) -> Path:
+    """One self-contained page (images inlined) comparing the runs: the leaderboard with the
+    qualifiers of each column, the training curves of every quantity the runs share overlaid (one
+    plot each, from each run's ``metrics.csv``), and each run's sample grid."""
+    from html import escape
+
+    from dgm.io.images import data_uri
+    from dgm.report.html import STYLE, _table
+    from dgm.train.trainer import read_csv
+
+    header, body, qualifiers = table(rows)
+    notes = "".join(f"<li>{escape(name)}: {escape('; '.join(sorted(q)))}</li>" for name, q in qualifiers.items())
+    unevaluated = [row.run for row in rows if not row.results]
+    if unevaluated:
+        notes += f"<li>not evaluated yet (run 'dgm eval RUN'): {escape(', '.join(unevaluated))}</li>"
+    parts = [f"<h1>dgm compare: {len(rows)} runs</h1>", "<h2>Leaderboard</h2>",
+             _table(body, header, set(range(3, len(header)))), f"<ul class='caption'>{notes}</ul>"]
+
+    labels = [Path(row.run).name for row in rows]
+    logs = [read_csv(Path(row.run) / "metrics.csv") for row in rows]
+    names = shared_curves(logs)
+    parts.append("<h2>Training curves</h2>")
+    if not names:
+        parts.append("<p class='caption'>no quantity is logged in the metrics.csv of two of these runs</p>")
+    for name in names:
+        parts.append(f"<figure><img src='{data_uri(overlaid(logs, labels, name))}' alt='{escape(name, quote=True)}'>"
+                     f"<figcaption class='caption'>{escape(name)} against the optimiser step, one line per run "
+                     f"that logged it, each point an average over the run's train.log_every steps</figcaption></figure>")
+
+    parts.append("<h2>Samples</h2>")
+    for row, label in zip(rows, labels):
+        parts.append(f"<h3>{escape(label)}: {escape(row.model)} on {escape(row.data)}</h3>")
+        found = samples_picture(Path(row.run))
+        if found is None:
+            parts.append("<p class='caption'>no sample grid: run 'dgm report RUN' to draw one</p>")
+            continue
+        uri, source, pixelated = found
+        cls = " class='pixelated'" if pixelated else ""
+        parts.append(f"<figure><img{cls} src='{uri}' alt='samples of {escape(label, quote=True)}'>"
+                     f"<figcaption class='caption'>{escape(source)}</figcaption></figure>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>dgm compare: {len(rows)} runs</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
     return path

@@ -1,8 +1,10 @@
 """``RUN/report.html``: one self-contained page (images inlined) per run.
 
-Sections appear for what the model can do: samples for every model, reconstructions where it can
-reconstruct, a latent interpolation where it can encode and decode, restorations where it can
-restore, the model's own figures (:meth:`~dgm.models.base.GenerativeModel.report_figures`), the
+Sections appear for what the model can do: samples for every model, a row of samples per class
+where it samples given a class (:attr:`~dgm.models.base.GenerativeModel.num_classes`), each of a few
+samples beside its nearest training images in pixel space (image data: does it copy?),
+reconstructions where it can reconstruct, a latent interpolation and traversals where it can encode
+and decode (images and volumes), restorations where it can restore, the model's own figures (:meth:`~dgm.models.base.GenerativeModel.report_figures`), the
 metrics of ``eval.json`` where the run was evaluated. Every figure is captioned by whoever draws it.
 
 The pictures drawn from the model (some are costly: a restoration is a whole RePaint chain) are
@@ -24,7 +26,9 @@ from PIL import Image
 
 from dgm.apps import apps_for
 from dgm.data.core import Dataset, to_unit
+from dgm.errors import DgmError
 from dgm.eval.core import read_results
+from dgm.eval.fidelity import squared_distances
 from dgm.models.base import GenerativeModel, capabilities
 from dgm.data.pictures import decode_tokens, sample_picture
 from dgm.io import images
@@ -211,9 +215,95 @@ def inferred_shapes_figure(model: GenerativeModel, test: Dataset, count: int = 4
                   pixelated=True)
 
 
-def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Callable[[], list[Figure]]]:
+#: the class-conditional grid: samples per class (a row each), and the most classes shown
+CLASS_GRID_COLUMNS, CLASS_GRID_ROWS = 8, 20
+
+
+def class_grid(model: GenerativeModel, columns: int = CLASS_GRID_COLUMNS, *,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """``columns`` samples of each class ``y`` (the model's ``condition``), row-major with one row
+    per class (at most ``CLASS_GRID_ROWS``): ``((rows * columns, *shape), rows)``."""
+    rows = min(model.num_classes, CLASS_GRID_ROWS)
+    y = torch.arange(rows, device=model.device).repeat_interleave(columns)  # (rows * columns,): row r is class r
+    with torch.inference_mode():
+        return model.sample(len(y), condition=y, generator=generator), rows
+
+
+def class_grid_figure(model: GenerativeModel, grid: Callable[[torch.Tensor, int], Image.Image],
+                      generator: torch.Generator) -> Figure:
+    pictures, rows = class_grid(model, generator=generator)
+    names = model.spec.class_names or [str(c) for c in range(model.num_classes)]
+    more = f" (the first {rows} of {model.num_classes})" if rows < model.num_classes else ""
+    return Figure("Samples by class", grid(pictures, CLASS_GRID_COLUMNS),
+                  f"each row: {CLASS_GRID_COLUMNS} samples given one class as the condition, rows in class "
+                  f"order{more}: {', '.join(names[:rows])}", pixelated=True)
+
+
+#: the memorisation grid: samples shown, training neighbours beside each, training images searched
+NN_SAMPLES, NN_NEIGHBOURS, NN_TRAINING = 8, 5, 2000
+
+
+def nearest_training(samples: torch.Tensor, train: torch.Tensor, k: int = NN_NEIGHBOURS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` training images nearest to each sample in pixel space (Euclidean, float64), nearest
+    first: ``(distances (N, k), indices (N, k))`` for ``samples (N, ...)`` and ``train (M, ...)``."""
+    q, ref = samples.flatten(1).double().cpu(), train.flatten(1).double().cpu()  # (N, F), (M, F)
+    sq = squared_distances(q, ref, ref.mean(0))  # (N, M), centred on the training mean for precision
+    index = sq.topk(min(k, len(ref)), dim=1, largest=False).indices  # (N, k), ascending: nearest first
+    # the distances of the chosen pairs computed directly: a copy is at 0 exactly, not at a rounding error
+    return (q[:, None] - ref[index]).norm(dim=-1), index
+
+
+def memorisation_figure(model: GenerativeModel, train: torch.Tensor,
+                        grid: Callable[[torch.Tensor, int], Image.Image], generator: torch.Generator) -> Figure:
+    """Each of ``NN_SAMPLES`` samples beside its nearest training images (``train`` in [0, 1])."""
+    samples = to_unit(model.preview_sample(NN_SAMPLES, generator=generator), model.spec).float().cpu()
+    d, index = nearest_training(samples, train)
+    rows = torch.cat([samples[:, None], train[index]], 1)  # (N, 1 + k, C, H, W): the sample, then its neighbours
+    nearest = d[:, 0]
+    return Figure("Nearest training images (pixel space)", grid(rows.flatten(0, 1), rows.shape[1]),
+                  f"each row: a sample (first column), then its {index.shape[1]} nearest of the first {len(train)} "
+                  f"training images by Euclidean distance on pixels in [0, 1], nearest first; distance to the "
+                  f"nearest: median {nearest.median():.3g}, least {nearest.min():.3g} (0 would be a copy)",
+                  pixelated=True)
+
+
+def latent_drawers(model: GenerativeModel, test: Dataset, x: torch.Tensor,
+                   picture: Callable[[torch.Tensor, int], Image.Image], shown: str = "") -> list[Callable[[], list[Figure]]]:
+    """Drawers of the latent interpolation and traversals of a model that encodes and decodes (none
+    otherwise), from the test examples ``x``; ``picture(decodes, columns)`` lays the decodes out in
+    rows, ``shown`` says how in the captions."""
+    if not {"encode", "decode"} <= capabilities(model):
+        return []
+    drawers: list[Callable[[], list[Figure]]] = []
+    if len(x) >= 2:  # a line needs two test examples
+        drawers.append(lambda: [Figure("Latent interpolation", picture(interpolation(model, x), 10),
+                                       f"each row decodes a straight line between the codes of two test "
+                                       f"examples{shown}", pixelated=True)])
+
+    def traversals() -> list[Figure]:
+        with torch.inference_mode():
+            codes = torch.cat([model.encode(b.x.to(model.device)) for b in test.subset(TRAVERSAL_CODES).batches(256)])
+        if codes.ndim != 2:  # a grid of discrete codes (VQ-VAE) has no axis to move along
+            return []
+        pictures, dims = traversal(model, x, codes)
+        factors = ""
+        if "factors" in model.spec.extras:
+            factors = f"; the data's known factors are {', '.join(model.spec.extras['factors'])}"
+        return [Figure("Latent traversals", picture(pictures, TRAVERSAL_STEPS),
+                       f"each row moves one dimension of the first test example's code (dimensions "
+                       f"{', '.join(map(str, dims))}: those whose test codes vary most) from the "
+                       f"{TRAVERSAL_QUANTILES[0]:.0%} to the {TRAVERSAL_QUANTILES[1]:.0%} quantile of "
+                       f"{min(len(test), TRAVERSAL_CODES)} test codes, the others kept{factors}{shown}",
+                       pixelated=True)]
+
+    return [*drawers, traversals]
+
+
+def model_drawers(model: GenerativeModel, test: Dataset, seed: int,
+                  train: Callable[[], torch.Tensor | None] | None = None) -> list[Callable[[], list[Figure]]]:
     """Drawers of every picture the report asks of the model, in page order, sharing one generator
-    (so a redraw gives the same pictures)."""
+    (so a redraw gives the same pictures). ``train`` gives up to ``NN_TRAINING`` training images in
+    [0, 1] for the memorisation grid (None, or a None from it: no such grid)."""
     have, spec = capabilities(model), model.spec
     generator = torch.Generator(device=model.device).manual_seed(seed)
     drawers: list[Callable[[], list[Figure]]] = []
@@ -239,10 +329,22 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
                            text=text)]
 
         drawers.append(samples)
+        # a class-conditional model of images: a row per class, unless it draws its own class grid
+        if spec.is_image and model.num_classes and not hasattr(model, "class_grid"):
+            drawers.append(lambda: [class_grid_figure(model, grid, generator)])
+        if spec.is_image and train is not None:
+            def memorisation() -> list[Figure]:
+                pictures = train()
+                return [] if pictures is None else [memorisation_figure(model, pictures, grid, generator)]
+
+            drawers.append(memorisation)
     if spec.shape == (2,) and spec.kind == "vector" and {"log_prob", "sample"} <= have:
         drawers.append(lambda: [density_figure(model, test, generator)])
     if spec.kind == "volume" and "reconstruct" in have:
         drawers.append(lambda: [inferred_shapes_figure(model, test)])
+    if spec.kind == "volume":  # volumes move through the latent space as images do, each a shaded view
+        drawers += latent_drawers(model, test, test.tensors(16).x.to(model.device),
+                                  lambda v, nrow: sample_picture(v, spec, nrow=nrow), " (each a shaded view)")
     if not spec.is_image:
         return [*drawers, own_figures]
     batch = test.tensors(16)
@@ -256,28 +358,7 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int) -> list[Call
                            pixelated=True)]
 
         drawers.append(reconstructions)
-    if {"encode", "decode"} <= have and len(x) >= 2:  # a line needs two test examples
-        drawers.append(lambda: [Figure("Latent interpolation", grid(interpolation(model, x), 10),
-                                       "each row decodes a straight line between the codes of two test examples",
-                                       pixelated=True)])
-    if {"encode", "decode"} <= have:
-        def traversals() -> list[Figure]:
-            with torch.inference_mode():
-                codes = torch.cat([model.encode(b.x.to(model.device)) for b in test.subset(TRAVERSAL_CODES).batches(256)])
-            if codes.ndim != 2:  # a grid of discrete codes (VQ-VAE) has no axis to move along
-                return []
-            pictures, dims = traversal(model, x, codes)
-            factors = ""
-            if "factors" in spec.extras:
-                factors = f"; the data's known factors are {', '.join(spec.extras['factors'])}"
-            return [Figure("Latent traversals", grid(pictures, TRAVERSAL_STEPS),
-                           f"each row moves one dimension of the first test example's code (dimensions "
-                           f"{', '.join(map(str, dims))}: those whose test codes vary most) from the "
-                           f"{TRAVERSAL_QUANTILES[0]:.0%} to the {TRAVERSAL_QUANTILES[1]:.0%} quantile of "
-                           f"{min(len(test), TRAVERSAL_CODES)} test codes, the others kept{factors}",
-                           pixelated=True)]
-
-        drawers.append(traversals)
+    drawers += latent_drawers(model, test, x, grid)
     for app in apps_for(model):  # each use of the model draws its own figures
         def app_figures(app=app) -> list[Figure]:  # noqa: ANN001
             with torch.inference_mode():
@@ -350,8 +431,26 @@ def _table(rows: list[list[str]], header: list[str], numeric: set[int] = frozens
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def training_images(run_dir: Path) -> Callable[[], torch.Tensor | None]:
+    """A loader of the first ``NN_TRAINING`` training images of the run (its config's data, in
+    [0, 1]), called only when the memorisation grid is drawn; None from it where the run's data
+    cannot be loaded again (data given in memory, not by a name ``dgm train`` knows)."""
+    def load() -> torch.Tensor | None:
+        from dgm import run
+
+        try:
+            config, _ = run.read_config(run_dir)
+            train = run.load_data(config, "train")
+        except DgmError:
+            return None
+        return to_unit(train.tensors(NN_TRAINING).x, train.spec).float().cpu()  # (M, C, H, W)
+
+    return load
+
+
 def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, seed: int = 0,
-                 redraw: bool = False, progress: bool = False) -> Path:
+                 redraw: bool = False, progress: bool = False,
+                 train: Dataset | None = None) -> Path:
     """Write ``run_dir/report.html`` for the trained ``model`` (with ``test`` examples for
     reconstructions, interpolations and restorations) and return its path.
 
@@ -360,6 +459,8 @@ def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, 
         redraw: draw the model's pictures again even when ``run_dir/figures`` holds pictures of the
             same weights (by default they are reused).
         progress: show a progress bar over the figures.
+        train: the training split, for the nearest-training-images grid of image data (default:
+            the run's own, loaded from its config).
     """
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
@@ -377,7 +478,9 @@ def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, 
     stamp = weights_stamp(run_dir, seed)
     cached = None if redraw else read_cached(run_dir, stamp)
     plots = training_plots(run_dir, model, test)
-    drawers = plots + ([] if cached is not None else model_drawers(model, test, seed))
+    nearest = (training_images(run_dir) if train is None else
+               lambda: to_unit(train.tensors(NN_TRAINING).x, train.spec).float().cpu())
+    drawers = plots + ([] if cached is not None else model_drawers(model, test, seed, nearest))
     from dgm.eval.core import progress_bar
 
     drawn: list[list[Figure]] = [drawer() for drawer in progress_bar(
