@@ -73,6 +73,7 @@ def iter_apps() -> list[App]:
     """Every registered app, the built-in ones included."""
     import dgm.apps.classify, dgm.apps.manipulate, dgm.apps.restoration  # noqa: F401  (registers the built-in apps)
     import dgm.apps.probe  # noqa: F401
+    import dgm.apps.compress  # noqa: F401
 
     return list(APPS.values())
 
