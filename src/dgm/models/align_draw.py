@@ -42,7 +42,7 @@ from dgm.data.core import Batch, DataSpec, to_unit
 from dgm.errors import DgmError
 from dgm.models.base import Loss, Progress, Sampler, capability, inference, randn, register
 from dgm.models.captioned import CaptionedImageModel
-from dgm.models.refusals import refuse_variable_length
+from dgm.models.refusals import refuse_all_but_images
 from dgm.models.vae import PADDING_REASON, emit, weighted_kl
 from dgm.nn import LIKELIHOODS, DiscretizedLogistic, diagonal_gaussian, make_likelihood, normal_kl
 from dgm.settings import NonNegativeFloat, NonNegativeInt, PositiveInt
@@ -173,10 +173,8 @@ class AlignDRAW(CaptionedImageModel):
 
     @classmethod
     def refuse(cls, spec: DataSpec) -> None:
-        refuse_variable_length(cls.name, spec, PADDING_REASON)
-        if not spec.is_image:
-            raise DgmError(f"model {cls.name!r} draws images on a canvas, but {spec.name!r} holds {spec.kind}s of "
-                           f"shape {spec.shape}: use --data scenes, or labelled images such as fashion-mnist")
+        refuse_all_but_images(cls.name, spec, PADDING_REASON, "draws images on a canvas",
+                              "--data scenes, or labelled images such as fashion-mnist")
 
     def __init__(self, config: AlignDRAWConfig, spec: DataSpec) -> None:
         self.refuse(spec)  # images first: the caption check's advice assumes them

@@ -42,7 +42,7 @@ from dgm.data.core import Batch, DataSpec, to_unit
 from dgm.errors import DgmError
 from dgm.models.align_draw import AlignDRAW
 from dgm.models.base import GenerativeModel, Loss, Progress, capability, randn, register
-from dgm.models.refusals import refuse_variable_length
+from dgm.models.refusals import refuse_all_but_images
 from dgm.models.vae import PADDING_REASON, VAE, emit, weighted_kl
 from dgm.nn import LIKELIHOODS, conv_downsamplings, diagonal_gaussian, make_likelihood, normal_kl
 from dgm.nn.conv_lstm import ConvLSTMCell
@@ -128,10 +128,7 @@ class ConvDRAW(GenerativeModel):
 
     @classmethod
     def refuse(cls, spec: DataSpec) -> None:
-        refuse_variable_length(cls.name, spec, PADDING_REASON)
-        if not spec.is_image:
-            raise DgmError(f"model {cls.name!r} draws images on a convolutional canvas, but {spec.name!r} holds "
-                           f"{spec.kind}s of shape {spec.shape}: use image data such as fashion-mnist")
+        refuse_all_but_images(cls.name, spec, PADDING_REASON, "draws images on a convolutional canvas")
 
     @classmethod
     def default_representation(cls, config: ConvDRAWConfig, spec: DataSpec) -> str:

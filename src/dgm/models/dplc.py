@@ -43,7 +43,7 @@ from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Phase, Progress, capability, rand, register
 from dgm.models.gan import critic_loss, generator_loss, gradient_penalty
-from dgm.models.refusals import refuse_variable_length
+from dgm.models.refusals import refuse_all_but_images
 from dgm.nn import ConvDecoder, ConvEncoder
 from dgm.nn.adversarial import DCGANDiscriminator
 from dgm.settings import Fraction, NonNegativeFloat, PositiveInt, Range
@@ -121,10 +121,7 @@ class DPLC(GenerativeModel):
 
     @classmethod
     def refuse(cls, spec: DataSpec) -> None:
-        refuse_variable_length(cls.name, spec, PADDING_REASON)
-        if not spec.is_image:
-            raise DgmError(f"model {cls.name!r} compresses images, but {spec.name!r} holds {spec.kind}s of shape "
-                           f"{spec.shape}: use image data such as fashion-mnist")
+        refuse_all_but_images(cls.name, spec, PADDING_REASON, "compresses images")
 
     @classmethod
     def default_representation(cls, config: DPLCConfig, spec: DataSpec) -> str:

@@ -20,6 +20,16 @@ def refuse_variable_length(model: str, spec: DataSpec, reason: str) -> None:
                        f"use a model made for {spec.kind}")
 
 
+def refuse_all_but_images(model: str, spec: DataSpec, reason: str, does: str,
+                          advice: str = "image data such as fashion-mnist") -> None:
+    """Raise unless ``spec`` holds fixed-size images: padded data for ``reason`` (as
+    :func:`refuse_variable_length`), anything else because ``model`` ``does`` something only images allow."""
+    refuse_variable_length(model, spec, reason)
+    if not spec.is_image:
+        raise DgmError(f"model {model!r} {does}, but {spec.name!r} holds {spec.kind}s of shape {spec.shape}: "
+                       f"use {advice}")
+
+
 def refuse_all_but_points(model: str, spec: DataSpec) -> None:
     """Raise unless ``spec`` holds point sets of at least two coordinates, which ``model`` needs."""
     if spec.kind != "points":
