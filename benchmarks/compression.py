@@ -4,12 +4,19 @@ bin masses) at several steps and a VQ-VAE (its 7x7 code grid coded with its lear
 prior), each test image compressed to a file of its own and decoded back, against PNG, WebP and JPEG
 (Pillow, each test image a file of its own) on the same test images. Bits per image are real file
 sizes (our 24-byte header included; the model's rate R of eq. (1) printed beside), distortion is
-the MSE of the 8-bit pictures on the [0, 1] scale. Prints a markdown table and writes the plot.
+the MSE of the 8-bit pictures on the [0, 1] scale and the FID[fmnist-net] of the decoded pictures
+against the same test images. ``--conv-draw RUN`` adds a trained conv DRAW's conceptual compression
+(keeping its first k steps; rate = the sum of their KLs, no file), ``--dplc RUN`` / ``--autoencoder
+RUN`` trained dplc runs (coded to real bytes with their uniform tables). Prints a markdown table and
+writes the plot (rate-MSE and rate-FID panels).
 
     python benchmarks/compression.py --vq-examples 15000 --vq-set model.width 32 --vq-set model.num_res_blocks 1
                                                       # ~12 min on one (shared) thread
     python benchmarks/compression.py --vae-epochs 1 --vq-examples 1000 --test 100   # ~3 min
     python benchmarks/compression.py --reuse          # code again with the runs in --out
+    python benchmarks/compression.py --reuse --conv-draw runs/bench-compression/conv-draw \
+        --dplc runs/bench-compression/dplc-m8-L4 --autoencoder runs/bench-compression/autoencoder-m8-L4
+                                                      # add benchmarks/compression_models.py's runs
 """
 from __future__ import annotations
 
@@ -26,7 +33,9 @@ if any(os.environ.get(k) != v for k, v in MALLOC.items()):
 import torch  # noqa: E402
 
 from dgm import run  # noqa: E402
-from dgm.apps.compress import codec_points, compress, plot_curves, rate_distortion, to_8bit  # noqa: E402
+from dgm.apps.compress import (codec_points, compress, from_8bit, mse, plot_curves, rate_distortion,  # noqa: E402
+                               to_8bit)
+from dgm.eval.features import FrechetReference, feature_extractor  # noqa: E402
 
 
 def train(model: str, out: Path, epochs: int, examples: int | None, settings: dict, seed: int,  # noqa: ANN201
@@ -48,6 +57,26 @@ def train(model: str, out: Path, epochs: int, examples: int | None, settings: di
     return trained.eval(), (time.perf_counter() - start) / 60, run.load_data(config, "test")
 
 
+def trained(path: str, n: int):  # noqa: ANN201
+    """A run trained elsewhere (e.g. by benchmarks/compression_models.py) and its first ``n`` test images."""
+    config, _ = run.read_config(path)
+    return run.load(path).eval(), run.load_data(config, "test").tensors(n).x
+
+
+@torch.inference_mode()
+def conceptual_points(draw, x: torch.Tensor, fid) -> list[dict[str, float]]:  # noqa: ANN001
+    """conv DRAW's conceptual compression on ``x``: for k = 1..T, the posterior means of the first k steps
+    (the rest from the learned priors' means) at rate sum_{t<=k} KL_t (bits-back, no file)."""
+    original = to_8bit(x, draw.spec)
+    rates = torch.cat([draw.compression_rates(b) for b in x.split(250)]).mean(0)  # (T,) bits
+    points = []
+    for k in range(1, len(rates) + 1):
+        decoded = to_8bit(torch.cat([draw.conceptual_reconstructions(b, k) for b in x.split(250)]), draw.spec)
+        points.append({"keep": k, "rate": rates[k - 1].item(), "mse": mse(decoded, original),
+                       "fid": fid(from_8bit(decoded))})
+    return points
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vae-epochs", type=int, default=3)
@@ -62,6 +91,10 @@ def main() -> None:
     parser.add_argument("--vq-set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="a setting of the VQ-VAE run, e.g. --vq-set model.width 32")
     parser.add_argument("--reuse", action="store_true", help="code with the runs already in --out instead of training")
+    parser.add_argument("--conv-draw", metavar="RUN", help="a trained conv-draw run: its conceptual compression curve")
+    parser.add_argument("--dplc", metavar="RUN", action="append", default=[], help="a trained dplc run (repeatable)")
+    parser.add_argument("--autoencoder", metavar="RUN", action="append", default=[],
+                        help="a trained dplc run with adversarial=false (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -70,17 +103,30 @@ def main() -> None:
     vae, minutes, test = train("vae", out / "vae", args.vae_epochs, None,
                                {"model.likelihood": "logistic", "model.latent_dim": args.latent_dim}, args.seed, args.reuse)
     x = test.tensors(args.test).x
+    fid = FrechetReference(feature_extractor("fmnist-net", vae.spec), from_8bit(to_8bit(x, vae.spec)))
     start = time.perf_counter()
-    curves[f"VAE d={args.latent_dim}"] = points = rate_distortion(vae, x, tuple(args.steps))
+    curves[f"VAE d={args.latent_dim}"] = points = rate_distortion(vae, x, tuple(args.steps), fid=fid)
     print(f"  vae: trained {minutes:.1f} min, coded in {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr)
     rows += [(f"VAE d={args.latent_dim}, step {p['step']:g}", p) for p in points]
 
     vq, minutes, _ = train("vqvae", out / "vqvae", args.vq_epochs, args.vq_examples,
                            {"model.vqvae_epochs": max(1, args.vq_epochs - 1), **dict(args.vq_set)}, args.seed, args.reuse)
     start = time.perf_counter()
-    curves[f"VQ-VAE 7x7, K={vq.config.num_codes}"] = points = rate_distortion(vq, x)
+    curves[f"VQ-VAE 7x7, K={vq.config.num_codes}"] = points = rate_distortion(vq, x, fid=fid)
     print(f"  vqvae: trained {minutes:.1f} min, coded in {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr)
     rows += [("VQ-VAE 7x7 codes, learned prior", p) for p in points]
+
+    if args.conv_draw:
+        draw, x_draw = trained(args.conv_draw, args.test)
+        name = f"conv DRAW T={draw.config.steps}"
+        curves[f"{name} (keep k steps)"] = points = conceptual_points(draw, x_draw, fid)
+        rows += [(f"{name}, keep {p['keep']} (KL rate, no file)", p) for p in points]
+    for kind, paths in (("DPLC", args.dplc), ("autoencoder", args.autoencoder)):
+        for path in paths:
+            model, x_model = trained(path, args.test)
+            name = f"{kind} m={model.config.code_dim}, L={model.config.levels}"
+            curves[name] = points = rate_distortion(model, x_model, fid=fid)
+            rows += [(name, p) for p in points]
 
     # one stream for all the test images: the coder's fixed overhead (~20-30 bits) is paid once
     for label, model, step in [(f"VAE d={args.latent_dim}, step {args.steps[-1]:g}", vae, args.steps[-1]),
@@ -89,15 +135,17 @@ def main() -> None:
         print(f"  one stream of {len(x)} images, {label}: payload {stream.payload_bits / len(x):.1f} bits per "
               f"image, R {stream.rate / len(x):.1f} ({stream.payload_bits / stream.rate - 1:+.2%})", file=sys.stderr)
 
-    codecs = codec_points(to_8bit(x, vae.spec))
-    picture = plot_curves(curves, codecs, out / "rd.png", title=f"Fashion-MNIST, {len(x)} test images")
-    print(f"| codec | bits per image (file) | model rate R (bits) | MSE |  <- {len(x)} test images, "
+    codecs = codec_points(to_8bit(x, vae.spec), fid=fid)
+    picture = plot_curves(curves, codecs, out / "rd.png", title=f"Fashion-MNIST, {len(x)} test images",
+                          fid_name="FID[fmnist-net]")
+    print(f"| codec | bits per image (file) | model rate R (bits) | MSE | FID[fmnist-net] |  <- {len(x)} test images, "
           f"{torch.get_num_threads()} thread(s); plot: {picture}")
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|")
     for label, p in rows:
-        print(f"| {label} | {p['file']:.0f} | {p['rate']:.0f} | {p['mse']:.4f} |")
-    for label, bits, error in codecs:
-        print(f"| {label} | {bits:.0f} | - | {error:.4f} |")
+        file = f"{p['file']:.0f}" if "file" in p else "-"
+        print(f"| {label} | {file} | {p['rate']:.0f} | {p['mse']:.4f} | {p['fid']:.1f} |")
+    for label, bits, error, distance in codecs:
+        print(f"| {label} | {bits:.0f} | - | {error:.4f} | {distance:.1f} |")
 
 
 if __name__ == "__main__":

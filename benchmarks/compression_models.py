@@ -33,8 +33,7 @@ import torch
 
 import dgm
 from dgm.data.core import to_unit
-from dgm.eval.features import feature_extractor
-from dgm.eval.fidelity import GaussianStats, frechet_distance
+from dgm.eval.features import FrechetReference, feature_extractor
 from dgm.run import DataConfig, RunConfig, load_data
 from dgm.train import TrainConfig
 
@@ -50,12 +49,6 @@ def train(name: str, model: dict, steps: int, out: Path, lr: float) -> tuple[dgm
     start = time.perf_counter()
     trained, _ = dgm.train(config, out)
     return trained.eval(), time.perf_counter() - start
-
-
-def fid(extractor, images: torch.Tensor, real: GaussianStats) -> float:
-    """FID of ``images`` on [0, 1] against the statistics ``real`` of the test images' features."""
-    features, _ = extractor(images)
-    return frechet_distance(GaussianStats.from_features(features), real)
 
 
 def batched(fn, x: torch.Tensor, size: int = 250) -> torch.Tensor:
@@ -91,7 +84,7 @@ def main() -> None:
         print(json.dumps(rows["draw"]), flush=True)
 
     # --- DPLC vs the plain autoencoder ----------------------------------------------------------------
-    extractor = None
+    fid = None
     for rate in args.rates.split(","):
         code_dim, levels = (int(v) for v in rate.split(":"))
         for adversarial in (True, False):
@@ -100,15 +93,14 @@ def main() -> None:
                                             "adversarial": adversarial}, args.dplc_steps, out / name, 3e-4)
             data = load_data(RunConfig("dplc", {}, DataConfig("fashion-mnist")), "test")
             x = data.subset(min(args.n_test, len(data))).tensors().x
-            if extractor is None:
-                extractor = feature_extractor("fmnist-net", data.spec)
-                real = GaussianStats.from_features(extractor(to_unit(x, data.spec))[0])
+            if fid is None:  # FID against the test images' features, computed once
+                fid = FrechetReference(feature_extractor("fmnist-net", data.spec), to_unit(x, data.spec))
             recon = to_unit(batched(model.reconstruct, x), data.spec)
             samples = to_unit(model.sample(len(x), generator=torch.Generator().manual_seed(0)), data.spec)
             rows["dplc"].append({"model": name, "adversarial": adversarial, "rate_bits": model.rate_bits,
                                  "mse": (recon - to_unit(x, data.spec)).pow(2).mean().item(),
-                                 "fid_reconstructions": fid(extractor, recon, real),
-                                 "fid_samples": fid(extractor, samples, real), "train_seconds": seconds})
+                                 "fid_reconstructions": fid(recon),
+                                 "fid_samples": fid(samples), "train_seconds": seconds})
             print(json.dumps(rows["dplc"][-1]), flush=True)
 
     meta = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or platform.machine(),

@@ -271,3 +271,47 @@ def test_dplc_through_the_cli(runs, models, tmp_path, capsys):
         assert (np.asarray(im) == to_8bit(model.dequantize(model.quantize(x)), model.spec)[0]).all()
     one_line_error(capsys, ["decompress", str(runs / "vae"), str(tmp_path / "d.dgm")],
                    "decompress with the run that compressed it")
+
+
+def test_fid_of_the_decoded_pictures(runs, models, tmp_path):
+    """rate_distortion and codec_points hand their decoded 8-bit pictures (in [0, 1]) to ``fid``; the plot
+    gets a second (rate-FID) panel."""
+    from dgm.apps.compress import from_8bit, plot_curves
+
+    seen = []
+
+    def fid(images):
+        seen.append(images)
+        return float(len(seen))
+
+    model, x = models["vae"], images_of(runs, 2)
+    points = rate_distortion(model, x, steps=(0.5,), fid=fid)
+    expected = torch.cat([from_8bit(to_8bit(compress(model, x[i:i + 1], step=0.5).reconstruction, model.spec))
+                          for i in range(2)])
+    assert points[0]["fid"] == 1.0 and torch.equal(seen[0], expected) and seen[0].shape == (2, 1, 8, 8)
+    original = to_8bit(x, model.spec)
+    codecs = codec_points(original, (("PNG", None),), fid=fid)
+    assert codecs[0][3] == 2.0 and torch.equal(seen[1], from_8bit(original))  # lossless: the originals
+    assert torch.equal(from_8bit(original), torch.from_numpy(original)[:, None].float() / 255)
+    one = plot_curves({"vae": [{k: v for k, v in p.items() if k != "fid"} for p in points]}, codecs[:0],
+                      tmp_path / "one.png")
+    two = plot_curves({"vae": points}, codecs, tmp_path / "two.png")
+    with Image.open(one) as a, Image.open(two) as b:
+        assert b.width > 1.5 * a.width  # two panels side by side
+
+
+@pytest.mark.parametrize("name", ["vae", "vqvae", "dplc"])
+def test_the_report_figure_shows_the_decodes_of_the_bytes(runs, models, name):
+    from dgm.apps import APPS
+    from dgm.apps.compress import REPORT_IMAGES, REPORT_STEPS
+
+    model = models[name]
+    x = images_of(runs, 10, name)
+    [(title, pictures, columns, caption)] = APPS["compress"].report_figures(model, x)
+    rows = 1 + (len(REPORT_STEPS) if name == "vae" else 1)
+    assert columns == REPORT_IMAGES and pictures.shape == (rows * REPORT_IMAGES, *model.spec.shape)
+    assert torch.equal(pictures[:REPORT_IMAGES], x[:REPORT_IMAGES])
+    step = REPORT_STEPS[-1] if name == "vae" else 1.0
+    c = compress(model, x[:REPORT_IMAGES], step=step)
+    assert torch.equal(pictures[-REPORT_IMAGES:], c.reconstruction)  # the last row: what decompress gives
+    assert f"R {c.rate / REPORT_IMAGES:.0f} bits/image" in caption

@@ -418,3 +418,28 @@ def test_feature_cache_key_hashes_every_byte_of_the_weights(tmp_path, monkeypatc
     after = cache_path(FeatureExtractor("net", net, None), images, "test")
     assert net[0].weight.numel() * 4 > 4096 and after != before
     assert cache_path(FeatureExtractor("net", net, None), images, "test") == after  # and it is deterministic
+
+
+def test_frechet_reference_known_answers():
+    """FID against a fixed reference set through a feature network that returns the pixels: 0 for the
+    reference itself; |c|^2 for the reference shifted by c (same covariance); (a - 1)^2 (|mu|^2 + tr S)
+    for the reference scaled by a (mean a mu, covariance a^2 S)."""
+    from dgm.eval.features import FeatureExtractor, FrechetReference
+
+    class Pixels(torch.nn.Module):  # features = the pixels themselves
+        def __init__(self) -> None:
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(()))  # the extractor reads the device off a parameter
+
+        def forward(self, x):
+            return {"pool": x.flatten(1), "logits_unbiased": x.flatten(1)}
+
+    gen = torch.Generator().manual_seed(0)
+    reference = torch.rand(400, 1, 1, 3, generator=gen) * torch.tensor([1.0, 0.5, 2.0])  # (N, C, H, W)
+    fid = FrechetReference(FeatureExtractor("pixels", Pixels(), None), reference)
+    f = reference.flatten(1).double()
+    mu, trace = f.mean(0), f.T.cov().trace()
+    assert fid(reference) == pytest.approx(0.0, abs=1e-5)
+    shift = torch.tensor([0.3, -0.2, 0.1])
+    assert fid(reference + shift.view(1, 1, 1, 3)) == pytest.approx(shift.pow(2).sum().item(), rel=1e-4)
+    assert fid(1.5 * reference) == pytest.approx(0.25 * (mu.pow(2).sum() + trace).item(), rel=1e-4)

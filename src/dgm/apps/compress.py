@@ -78,6 +78,8 @@ MAX_IMAGES = 2 ** 32 - 1
 BOUND = 6.0  # B: posterior means beyond +-B prior standard deviations are clamped (prior mass < 2e-9)
 MIN_STEP = 1e-3  # a smaller step makes tables of more than 12,001 entries per coordinate
 STEPS = (2.0, 1.0, 0.5, 0.25, 0.1, 0.05)  # the default sweep of --curve
+REPORT_STEPS = (2.0, 0.5, 0.1)  # the rows of the report's figure (a VAE)
+REPORT_IMAGES = 8  # test examples in the report's figure
 CODECS = (("PNG", None), *(("WebP", q) for q in (5, 25, 50, 75, 95)), *(("JPEG", q) for q in (5, 25, 50, 75, 95)))
 
 
@@ -325,17 +327,25 @@ def to_8bit(x: Tensor, spec) -> np.ndarray:  # noqa: ANN001
     return a[:, 0] if a.shape[1] == 1 else a.transpose(0, 2, 3, 1)
 
 
+def from_8bit(a: np.ndarray) -> Tensor:
+    """8-bit pictures ``(N, H, W)`` or ``(N, H, W, 3)`` as images ``(N, C, H, W)`` in [0, 1] (for a feature network)."""
+    t = torch.from_numpy(np.ascontiguousarray(a)).float() / 255
+    return t[:, None] if t.dim() == 3 else t.permute(0, 3, 1, 2)
+
+
 def mse(a: np.ndarray, b: np.ndarray) -> float:
     """Mean squared error of 8-bit pictures, on the [0, 1] scale."""
     return float(((a.astype(np.float64) - b.astype(np.float64)) / 255).__pow__(2).mean())
 
 
-def codec_points(images: np.ndarray, codecs=CODECS) -> list[tuple[str, float, float]]:  # noqa: ANN001
+def codec_points(images: np.ndarray, codecs=CODECS, *, fid=None) -> list[tuple]:  # noqa: ANN001
     """``(codec label, mean file bits per image, MSE)`` of Pillow's codecs on 8-bit ``images``
-    ``(N, H, W)`` or ``(N, H, W, 3)``, each image a file of its own (headers included)."""
+    ``(N, H, W)`` or ``(N, H, W, 3)``, each image a file of its own (headers included). With ``fid``
+    (images in [0, 1] -> FID, e.g. :class:`dgm.eval.features.FrechetReference`) each tuple gets a
+    fourth element: the FID of the decoded pictures."""
     points = []
     for fmt, quality in codecs:
-        bits, errors = 0.0, 0.0
+        bits, errors, decoded = 0.0, 0.0, []
         for a in images:
             buffer = io.BytesIO()
             options = {"lossless": False} if fmt == "WebP" else {}
@@ -344,56 +354,73 @@ def codec_points(images: np.ndarray, codecs=CODECS) -> list[tuple[str, float, fl
             with Image.open(io.BytesIO(buffer.getvalue())) as im:
                 back = np.asarray(im.convert("L" if a.ndim == 2 else "RGB"))
             errors += mse(back, a)
-        points.append((fmt if quality is None else f"{fmt} q{quality}", bits / len(images), errors / len(images)))
+            decoded.append(back)
+        point = (fmt if quality is None else f"{fmt} q{quality}", bits / len(images), errors / len(images))
+        points.append(point if fid is None else (*point, fid(from_8bit(np.stack(decoded)))))
     return points
 
 
-def rate_distortion(model, x: Tensor, steps=STEPS) -> list[dict[str, float]]:  # noqa: ANN001
-    """One point per step (a VQ-VAE: one point) on images ``x (N, C, H, W)``, each compressed to real
-    bytes: ``{"step", "rate" (mean R, bits), "payload" and "file" (mean bits of the payload and of
-    the whole file), "mse" (of the 8-bit reconstruction, [0, 1] scale)}``."""
+def rate_distortion(model, x: Tensor, steps=STEPS, *, fid=None) -> list[dict[str, float]]:  # noqa: ANN001
+    """One point per step (a VQ-VAE or dplc: one point) on images ``x (N, C, H, W)``, each compressed to
+    real bytes: ``{"step", "rate" (mean R, bits), "payload" and "file" (mean bits of the payload and of
+    the whole file), "mse" (of the 8-bit reconstruction, [0, 1] scale)}``, and ``"fid"`` of the 8-bit
+    reconstructions when ``fid`` (images in [0, 1] -> FID, e.g. :class:`dgm.eval.features.FrechetReference`)
+    is given."""
     kind = kind_of(model)
     original = to_8bit(x, model.spec)
     points = []
     for step in (steps if kind == "gaussian" else (0.0,)):
         rate = payload = file = error = 0.0
+        decoded = []
         for i in range(len(x)):
             c = compress(model, x[i:i + 1], step=step or 1.0)
             rate, payload, file = rate + c.rate, payload + c.payload_bits, file + 8 * len(c.data)
-            error += mse(to_8bit(c.reconstruction, model.spec)[0], original[i])
+            decoded.append(to_8bit(c.reconstruction, model.spec)[0])
+            error += mse(decoded[-1], original[i])
         n = len(x)
         points.append({"step": step, "rate": rate / n, "payload": payload / n, "file": file / n, "mse": error / n})
+        if fid is not None:
+            points[-1]["fid"] = fid(from_8bit(np.stack(decoded)))
     return points
 
 
-def plot_curves(curves: dict[str, list[dict[str, float]]], codecs: list[tuple[str, float, float]],
-                out: str | Path, *, title: str = "") -> Path:
-    """Bits per image (file sizes, log scale) against MSE: a line per model sweep, the codecs' points."""
+def plot_curves(curves: dict[str, list[dict[str, float]]], codecs: list[tuple],
+                out: str | Path, *, title: str = "", fid_name: str = "FID") -> Path:
+    """Bits per image (log scale) against MSE: a line per model sweep (through its file sizes when its
+    points have ``"file"``, and through its rates R), the codecs' points. When every point has an FID
+    (``"fid"`` in the sweeps' points, a fourth element in the codecs' tuples) a second panel plots it,
+    its axis named ``fid_name`` (which should name the feature network, e.g. ``FID[fmnist-net]``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for name, points in curves.items():
-        ax.plot([p["file"] for p in points], [p["mse"] for p in points], "o-", label=f"{name} (file)")
-        ax.plot([p["rate"] for p in points], [p["mse"] for p in points], "x:", color=ax.lines[-1].get_color(),
-                label=f"{name} (rate R)")
-    for fmt, marker in (("PNG", "s"), ("WebP", "^"), ("JPEG", "v")):
-        mine = [(b, m) for label, b, m in codecs if label.split()[0] == fmt]
-        if mine:
-            ax.plot(*zip(*mine), marker + "--", label=fmt + (" (lossless)" if fmt == "PNG" else " (quality sweep)"))
-    ax.set_xscale("log")
-    ax.set_xlabel("bits per image")
-    ax.set_yscale("symlog", linthresh=1e-4)  # lossless PNG at 0, the lossy points spread over decades
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("MSE (pixels in [0, 1])")
-    ax.set_title(title or "rate-distortion")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    with_fid = all("fid" in p for points in curves.values() for p in points) and all(len(c) > 3 for c in codecs)
+    panels = (("mse", 2, "MSE (pixels in [0, 1])"),) + ((("fid", 3, f"{fid_name} of the decoded images"),)
+                                                       if with_fid else ())
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (key, column, label) in zip(axes[0], panels):
+        for name, points in curves.items():
+            style = {}
+            if all("file" in p for p in points):
+                ax.plot([p["file"] for p in points], [p[key] for p in points], "o-", label=f"{name} (file)")
+                style = {"color": ax.lines[-1].get_color()}
+            ax.plot([p["rate"] for p in points], [p[key] for p in points], "x:", label=f"{name} (rate R)", **style)
+        for fmt, marker in (("PNG", "s"), ("WebP", "^"), ("JPEG", "v")):
+            mine = [(c[1], c[column]) for c in codecs if c[0].split()[0] == fmt]
+            if mine:
+                ax.plot(*zip(*mine), marker + "--", label=fmt + (" (lossless)" if fmt == "PNG" else " (quality sweep)"))
+        ax.set_xscale("log")
+        ax.set_xlabel("bits per image")
+        ax.set_yscale("symlog", linthresh=1e-4 if key == "mse" else 1.0)  # lossless PNG at 0, the rest over decades
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(label)
+        ax.set_title(title or "rate-distortion")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plots, hiding no point
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -520,6 +547,24 @@ class Compress(CodingApp):
         best = min(points, key=lambda p: p["mse"])
         return (f"{len(points)} points of {model.name} (lowest MSE {best['mse']:.4f} at {best['file']:.0f} bits) and "
                 f"{len(codecs)} codec points on {len(x)} test images -> {out}")
+
+    def report_figures(self, model, examples: Tensor, *, labels: Tensor | None = None,  # noqa: ANN001
+                       generator: torch.Generator | None = None) -> list[tuple[str, Tensor, int, str]]:
+        """Rate-distortion as pictures: the first test examples, then their decodes from real bytes, one row
+        per step (coarse to fine; a VQ-VAE or dplc: its one code), with each row's rate and MSE in the caption."""
+        x = examples[:REPORT_IMAGES]
+        original = to_8bit(x, model.spec)
+        rows, notes = [x], []
+        for step in (REPORT_STEPS if kind_of(model) == "gaussian" else (1.0,)):
+            c = compress(model, x, step=step)  # one stream of the row's images
+            rows.append(c.reconstruction.to(x.device))
+            where = f"step {step:g}: " if kind_of(model) == "gaussian" else ""
+            error = mse(to_8bit(c.reconstruction, model.spec), original)
+            notes.append(f"{where}R {c.rate / len(x):.0f} bits/image, MSE {error:.4f}")
+        return [("Compression (rate-distortion)", torch.cat(rows), len(x),
+                 f"top: {len(x)} test examples; below, decoded from dgm compress's bytes, row by row: "
+                 f"{'; '.join(notes)} (one stream per row: {8 * HEADER.size} header bits per file besides R); "
+                 "dgm compress RUN --curve -o rd.png plots it against PNG, WebP and JPEG")]
 
 
 @register_app

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from dgm.data.core import DataSpec
 from dgm.errors import DgmError, unknown_name
+from dgm.eval.fidelity import GaussianStats, frechet_distance
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 EMBEDDING_DROPOUT = 0.2  # dropout before the feature layer of the domain classifiers (in training only)
@@ -223,6 +224,20 @@ def feature_extractor(name: str | None, spec: DataSpec, *, inception_weights: st
         check_input(name, None, spec)
         return FeatureExtractor(name, load_inception(inception_weights, device=device), None)
     raise unknown_name("feature network", name, [*DOMAIN_NETS, "inception"])
+
+
+class FrechetReference:
+    """The FID of any set of images against one fixed set ``reference (N, C, H, W)`` in [0, 1], in the
+    features of ``extractor``: the reference's statistics are computed once, so a sweep (the
+    reconstructions at every rate of a rate-distortion curve) pays for them once."""
+
+    def __init__(self, extractor: FeatureExtractor, reference: Tensor) -> None:
+        self.extractor = extractor
+        self.stats = GaussianStats.from_features(extractor(reference)[0])
+
+    def __call__(self, images: Tensor) -> float:
+        """FID of ``images (M, C, H, W)`` in [0, 1] against the reference."""
+        return frechet_distance(GaussianStats.from_features(self.extractor(images)[0]), self.stats)
 
 
 # --- cached reference features of data splits ------------------------------------------------------
