@@ -26,7 +26,7 @@ import torch
 import dgm
 from dgm.data import load
 from dgm.models import Progress
-from dgm.nn import projection
+from dgm.data import projection
 
 
 def iou(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

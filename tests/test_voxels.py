@@ -14,7 +14,7 @@ import dgm
 from dgm.data import load, render, voxels
 from dgm.errors import DgmError
 from dgm.models import Progress, capabilities
-from dgm.nn import projection
+from dgm.data import projection
 
 
 # --- the data ------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_voxel_vae_refuses_images_and_figures_turn_the_samples():
 
 def test_the_report_turns_test_volumes_beside_the_shapes_inferred_from_one_view():
     from dgm.data.voxels import TURN
-    from dgm.nn.projection import shaded
+    from dgm.data.projection import shaded
     from dgm.report.html import inferred_shapes_figure
 
     model, _ = _trained("views", steps=2)

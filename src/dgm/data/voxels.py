@@ -18,7 +18,7 @@ second_x/y/z
 
 A voxel is occupied (1) when its centre ``(2 i + 1) / n - 1`` lies inside either primitive, so a
 sphere's silhouette is the disk of its radius (up to the voxel grid). The coordinates are those of
-:mod:`dgm.nn.projection` (``(z, y, x)`` axes, ``y`` downwards, so the cone's apex is at ``-y``); every
+:mod:`dgm.data.projection` (``(z, y, x)`` axes, ``y`` downwards, so the cone's apex is at ``-y``); every
 primitive lies within 0.6 of the centre along every axis, so turning the volume about one axis
 (within 0.85 of it) keeps it in the grid. The stored examples are ``(N, 1, n, n, n)`` uint8 in {0, 1} (two levels): the ``unit`` and
 ``binary-*`` representations give the same 0/1 floats. Each split draws every factor uniformly from
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dgm.data.projection import shaded
 from dgm.data.sources import Part, Request
 
 SIZE = 16  # grid side of ``voxels``
@@ -102,8 +103,6 @@ def _primitive(shape: np.ndarray, size: np.ndarray, x: np.ndarray, y: np.ndarray
 def picture_views(volumes: Tensor, azimuth: float = 0.5236, elevation: float = 0.4363) -> Tensor:
     """Shaded pictures ``(B, 1, side, side)`` of occupancies ``(B, 1, side, side, side)`` in [0, 1],
     seen from ``azimuth`` / ``elevation`` (radians; 30 and 25 degrees), for sample grids."""
-    from dgm.nn.projection import shaded
-
     return shaded(volumes.float(), azimuth, elevation)
 
 
@@ -115,8 +114,6 @@ def turning(volumes: Tensor, elevation: float = 25.0) -> Tensor:
     """Shaded views of occupancies ``volumes`` ``(N, 1, D, H, W)`` from the azimuths :data:`TURN`,
     enlarged to at least 64 pixels: ``(N * len(TURN), 1, s, s)``, one volume per row of a grid of
     ``len(TURN)`` (the report's stand-in for a rotating picture)."""
-    from dgm.nn.projection import shaded
-
     e = math.radians(elevation)
     views = torch.stack([shaded(volumes.float(), math.radians(a), e) for a in TURN], 1).flatten(0, 1)
     scale = max(1, 64 // views.shape[-1])

@@ -16,7 +16,7 @@ The model is observed in one of two ways (``observe``):
       p(x_a | z) = prod_pixels Bernoulli(x_a; 1 - exp(-S_a)),  S_a = sum_d softplus(l)(R_a p)    (1)
 
   where ``softplus(l) = -log(1 - sigmoid(l))`` is the density whose absorption (eq. 2 of
-  :mod:`dgm.nn.projection`) is the probability that a ray meets an occupied voxel (exact for the
+  :mod:`dgm.data.projection`) is the probability that a ray meets an occupied voxel (exact for the
   axis-aligned view, where it is ``1 - prod_d (1 - p_d)``; trilinear resampling ``R_a`` otherwise).
   A silhouette of the data is ``x_a = 1[1 - prod_d (1 - V(R_a p)_d) > 1/2]``. The bounds are then bounds on
   ``log p(x_views)``, not on ``log p(V)``: this configuration withholds ``elbo`` and ``iwae_bound``
@@ -41,7 +41,7 @@ from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, capability, register
 from dgm.models.vae import VAE, VAEConfig, likelihood_of
 from dgm.nn import MLP, make_likelihood
-from dgm.nn import projection
+from dgm.data import projection
 from dgm.nn.distributions import diagonal_gaussian
 from dgm.nn.volumes import GridDecoder, GridEncoder
 from dgm.settings import PositiveInt, Range
