@@ -350,18 +350,21 @@ class GAN(GenerativeModel):
             penalty = r1_penalty(real_score, real)
             loss = loss + c.r1 / 2 * penalty
             metrics["r1_penalty"] = penalty
-        aux, aux_metrics = self.auxiliary_loss(CRITIC, batch, draw, real_h, fake_h)
+        aux, aux_metrics = self.auxiliary_loss(CRITIC, batch, draw, real_h, fake_h, fake)
         return Loss(loss + aux, {**metrics, **aux_metrics})
 
     def generator_objective(self, batch: Batch, draw: Draw, *, generator: torch.Generator | None = None) -> Loss:
-        fake_score, fake_h = self.critic(self.fake_inputs(draw), draw.y)
+        fake = self.fake_inputs(draw)
+        fake_score, fake_h = self.critic(fake, draw.y)
         loss = generator_loss(self.config.loss, fake_score)
-        aux, aux_metrics = self.auxiliary_loss(GENERATOR, batch, draw, None, fake_h)
+        aux, aux_metrics = self.auxiliary_loss(GENERATOR, batch, draw, None, fake_h, fake)
         return Loss(loss + aux, {"fake_score": fake_score.mean(), **aux_metrics})
 
     def auxiliary_loss(self, phase: str, batch: Batch, draw: Draw, real_h: Tensor | None,
-                       fake_h: Tensor) -> tuple[Tensor | float, dict[str, Tensor]]:
-        """Terms added to either player's loss. AC-GAN (Odena et al. 2017, eqs. 2-3): both players
+                       fake_h: Tensor, fake: tuple[Tensor, ...]) -> tuple[Tensor | float, dict[str, Tensor]]:
+        """Terms added to either player's loss, from the critic's features of real (``real_h``, critic
+        phase only) and generated data (``fake_h``) and the generated inputs themselves (``fake``, as
+        :meth:`fake_inputs` gave them: with their graph in the generator's phase). AC-GAN (Odena et al. 2017, eqs. 2-3): both players
         maximise the log-likelihood of the right class of generated data, the critic also of real data."""
         if self.class_head is None:
             return 0.0, {}
@@ -517,8 +520,8 @@ class InfoGAN(GAN):
         return nll, entropy - nll.detach()
 
     def auxiliary_loss(self, phase: str, batch: Batch, draw: Draw, real_h: Tensor | None,
-                       fake_h: Tensor) -> tuple[Tensor | float, dict[str, Tensor]]:
-        aux, metrics = super().auxiliary_loss(phase, batch, draw, real_h, fake_h)
+                       fake_h: Tensor, fake: tuple[Tensor, ...]) -> tuple[Tensor | float, dict[str, Tensor]]:
+        aux, metrics = super().auxiliary_loss(phase, batch, draw, real_h, fake_h, fake)
         nll, bound = self.information_loss(fake_h, draw)
         return aux + self.config.info_weight * nll, {**metrics, "mi_lower_bound": bound}
 

@@ -241,10 +241,10 @@ class SelfLabellingGAN(GAN):
         return Loss(loss, {"classifier_loss": fake_ce, **metrics})  # logged as critic/classifier_loss, ...
 
     def auxiliary_loss(self, phase: str, batch: Batch, draw: Draw, real_h: Tensor | None,
-                       fake_h: Tensor) -> tuple[Tensor | float, dict[str, Tensor]]:
+                       fake_h: Tensor, fake: tuple[Tensor, ...]) -> tuple[Tensor | float, dict[str, Tensor]]:
         """The conditional game (weighted by rho) on the features of the unconditional one, and
         the generator's classification term."""
-        aux, metrics = super().auxiliary_loss(phase, batch, draw, real_h, fake_h)
+        aux, metrics = super().auxiliary_loss(phase, batch, draw, real_h, fake_h, fake)
         kind, known = self.config.loss, batch.y >= 0  # batch: self-labelled, -1 where unlabelled
         rho = known.float().mean()
         fake_c = self.conditional_score(fake_h, draw.y)
@@ -255,6 +255,6 @@ class SelfLabellingGAN(GAN):
         aux = aux + rho * generator_loss(kind, fake_c)
         if not self.config.classifier_weight:
             return aux, metrics
-        # the generator makes its parts of the partition tell apart; G(z, y_g) again, for its gradient
-        ce = F.cross_entropy(self.classifier(self.generate(draw).float()).float(), draw.y)
+        # the generator makes its parts of the partition tell apart, through the G(z, y_g) the critic scored
+        ce = F.cross_entropy(self.classifier(fake[0].float()).float(), draw.y)
         return aux + self.config.classifier_weight * ce, {**metrics, "generator_class_loss": ce}
