@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dgm.cli import main
 from dgm.data import load, probes
@@ -140,11 +141,15 @@ def test_report_figure_only_for_probe_data(runs):
     generator = torch.Generator().manual_seed(0)
     model = run.load(runs / "dots")
     figures = app.report_figures(model, torch.zeros(0, 1, 32, 32), generator=generator)
-    assert len(figures) == 1
+    assert len(figures) == 2
     title, pictures, columns, caption = figures[0]
     assert title == "Probe: number of dots" and pictures.shape == (32, 1, 32, 32) and columns == 8
     counts = probes.count_dots(pictures.numpy())
     assert np.all(np.diff(np.minimum(counts, 13)) >= 0)  # sorted by the measured count
+    title, chart, _, caption = figures[1]  # the bar plot: the same samples' counts against training's 3 dots
+    assert isinstance(chart, Image.Image) and chart.width > 200
+    assert "training images: " in caption and caption.count("%") >= 1
+    assert "in 256 samples" in caption and "10000 training images" in caption
     digits = run.load(runs / "digits")
     assert app.report_figures(digits, torch.zeros(0, 1, 8, 8), generator=generator) == []
     assert app.supports(model) and not app.supports(digits) and app.supports(type(digits))

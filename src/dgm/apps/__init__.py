@@ -12,6 +12,7 @@ import argparse
 from typing import ClassVar
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from dgm.models.base import GenerativeModel, capabilities
@@ -36,10 +37,11 @@ class App:
         raise NotImplementedError
 
     def report_figures(self, model: GenerativeModel, examples: Tensor, *, labels: Tensor | None = None,
-                       generator: torch.Generator | None = None) -> list[tuple[str, Tensor, int, str]]:
+                       generator: torch.Generator | None = None) -> list[tuple[str, Tensor | Image.Image, int, str]]:
         """Figures for the run's report: ``(title, images (N, *shape) in the data representation,
-        images per row, caption)`` each, drawn on test ``examples`` (with their ``labels`` (N,) where
-        the data has them); none by default."""
+        images per row, caption)`` each, or ``(title, chart, 0, caption)`` with a picture drawn by the
+        app (a PIL image: a plot), drawn on test ``examples`` (with their ``labels`` (N,) where the data
+        has them); none by default."""
         return []
 
     def supports(self, model: GenerativeModel | type[GenerativeModel]) -> bool:

@@ -11,7 +11,7 @@ spread around them (3 dots in training: 2, 3 and 4 come out).
 ``dgm probe RUN [--num-samples N] [-o probe.png]`` works for every model that can ``sample`` a run
 whose data is a probe dataset (``dots3``, ``dots2or4``, ``colours``, ``combos``): it writes the two histograms
 as a bar plot and as JSON (``probe.json`` next to the plot). The report of such a run shows
-samples sorted by their measured feature.
+samples sorted by their measured feature and the same bar plot for its preview samples.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from dgm.models.base import GenerativeModel
 
 SAMPLE_BATCH = 250  # samples drawn at once (bounds the memory of an iterative sampler)
 REPORT_SAMPLES = 32  # samples of the report's figure
+REPORT_HISTOGRAM = 256  # preview samples of the report's bar plot (the figure shows the first REPORT_SAMPLES)
 PROBE_DATA = "dots3, dots2or4, colours or combos"  # the probe datasets of dgm.data
 
 
@@ -82,12 +83,17 @@ def probe_result(model: GenerativeModel, train: Tensor, *, num_samples: int, see
     training examples ``train`` ``(N, *shape)`` (in the model's representation)."""
     probe = probe_for(model.spec)
     samples = draw_samples(model, num_samples, generator=torch.Generator().manual_seed(seed), **options)
-    p_gen = histogram(measure(probe, samples, model.spec), probe)
-    p_train = histogram(measure(probe, train, model.spec), probe)
+    return compare(model, probe, measure(probe, samples, model.spec), measure(probe, train, model.spec), seed)
+
+
+def compare(model: GenerativeModel, probe: Probe, generated: np.ndarray, train: np.ndarray, seed: int) -> ProbeResult:
+    """The :class:`ProbeResult` of the measured features of samples ``generated (M,)`` and of training
+    examples ``train (N,)``."""
+    p_gen, p_train = histogram(generated, probe), histogram(train, probe)
     values = sorted(set(p_gen) | set(p_train))
     return ProbeResult(model.spec.name, model.name, probe.feature, values, [probe.label(k) for k in values],
                        [p_train.get(k, 0.0) for k in values], [p_gen.get(k, 0.0) for k in values], len(train),
-                       num_samples, seed)
+                       len(generated), seed)
 
 
 def probe_plot(result: ProbeResult):  # noqa: ANN201 (a PIL image)
@@ -162,15 +168,23 @@ class ProbeApp(App):
         return f"{result.feature} in {args.num_samples} samples: {summary(result)} -> {out}, {table.name}"
 
     def report_figures(self, model: GenerativeModel, examples: Tensor, *, labels: Tensor | None = None,
-                       generator: torch.Generator | None = None) -> list[tuple[str, Tensor, int, str]]:
+                       generator: torch.Generator | None = None) -> list[tuple[str, Any, int, str]]:
+        from dgm.data import load
+
         probe = probe_of(model.spec.extras)
         if probe is None:  # the figure is for runs on probe data only
             return []
-        x = model.preview_sample(REPORT_SAMPLES, generator=generator)
-        values = measure(probe, x, model.spec)
+        drawn = torch.cat([model.preview_sample(min(SAMPLE_BATCH, REPORT_HISTOGRAM - i), generator=generator)
+                           for i in range(0, REPORT_HISTOGRAM, SAMPLE_BATCH)])
+        measured = measure(probe, drawn, model.spec)
+        x, values = drawn[:REPORT_SAMPLES], measured[:REPORT_SAMPLES]
         order = np.argsort(values, kind="stable")
         shares = histogram(values, probe)
         counts = ", ".join(f"{probe.label(k)}: {round(share * len(values))}" for k, share in shares.items() if share)
+        train = load(model.spec.name, "train")  # probe data is generated: the run's training images, in its own values
+        result = compare(model, probe, measured, measure(probe, train.tensors().x, train.spec), 0)
         return [(f"Probe: {probe.feature}", x[torch.from_numpy(order).to(x.device)], 8,
-                 f"{REPORT_SAMPLES} samples sorted by their {probe.feature} as measured (Zhao et al. 2018): "
-                 f"{counts}; dgm probe RUN plots it against the training distribution")]
+                 f"{REPORT_SAMPLES} samples sorted by their {probe.feature} as measured (Zhao et al. 2018): {counts}"),
+                (f"Probe: {probe.feature} in samples and in training", probe_plot(result), 0,
+                 f"the share of each {probe.feature} in {REPORT_HISTOGRAM} samples of the preview sampler against the "
+                 f"{len(train)} training images: {summary(result)}; dgm probe RUN measures it with the full sampler")]

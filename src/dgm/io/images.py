@@ -80,7 +80,7 @@ def figure_to_image(fig) -> Image.Image:  # noqa: ANN001 (a matplotlib Figure)
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", bbox_inches="tight")  # legends placed beside the axes included
     plt.close(fig)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")

@@ -363,7 +363,8 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int,
         def app_figures(app=app) -> list[Figure]:  # noqa: ANN001
             with torch.inference_mode():
                 drawn = app.report_figures(model, x, labels=y, generator=generator)
-            return [Figure(title, grid(pictures, columns), caption, pixelated=True)
+            return [Figure(title, pictures, caption) if isinstance(pictures, Image.Image) else  # a chart
+                    Figure(title, grid(pictures, columns), caption, pixelated=True)
                     for title, pictures, columns, caption in drawn]
 
         drawers.append(app_figures)
