@@ -3,12 +3,16 @@ a VAE (Gaussian latent, posterior mean quantised to a grid of step Delta and cod
 bin masses) at several steps and a VQ-VAE (its 7x7 code grid coded with its learned autoregressive
 prior), each test image compressed to a file of its own and decoded back, against PNG, WebP and JPEG
 (Pillow, each test image a file of its own) on the same test images. Bits per image are real file
-sizes (our 24-byte header included; the model's rate R of eq. (1) printed beside), distortion is
+sizes (our 25-byte header included; the model's rate R of eq. (1) printed beside), distortion is
 the MSE of the 8-bit pictures on the [0, 1] scale and the FID[fmnist-net] of the decoded pictures
 against the same test images. ``--conv-draw RUN`` adds a trained conv DRAW's conceptual compression
 (keeping its first k steps; rate = the sum of their KLs, no file), ``--dplc RUN`` / ``--autoencoder
-RUN`` trained dplc runs (coded to real bytes with their uniform tables). Prints a markdown table and
-writes the plot (rate-MSE and rate-FID panels).
+RUN`` trained dplc runs (coded to real bytes with their uniform tables). A ladder VAE (two Gaussian
+layers) is coded top-down (eq. 4 of dgm.apps.compress) with both layers and with its top layer only
+(conceptual). The codecs run at full size and downscaled (1/2, 1/4 of the side) before coding, so
+their curves reach the distortions of the small codes; a second table reads each codec's bits at each
+model point's MSE and FID off its curve (equal distortion). Prints the markdown tables and writes the
+plot (rate-MSE and rate-FID panels).
 
     python benchmarks/compression.py --vq-examples 15000 --vq-set model.width 32 --vq-set model.num_res_blocks 1
                                                       # ~12 min on one (shared) thread
@@ -33,8 +37,8 @@ if any(os.environ.get(k) != v for k, v in MALLOC.items()):
 import torch  # noqa: E402
 
 from dgm import run  # noqa: E402
-from dgm.apps.compress import (codec_points, compress, from_8bit, mse, plot_curves, rate_distortion,  # noqa: E402
-                               to_8bit)
+from dgm.apps.compress import (codec_bits_at, codec_points, compress, from_8bit, mse, plot_curves,  # noqa: E402
+                               rate_distortion, to_8bit)
 from dgm.eval.features import FrechetReference, feature_extractor  # noqa: E402
 
 
@@ -90,6 +94,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vq-set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="a setting of the VQ-VAE run, e.g. --vq-set model.width 32")
+    parser.add_argument("--ladder-dims", default="32,16", help="the ladder VAE's latent sizes, bottom first ('' : none)")
+    parser.add_argument("--ladder-epochs", type=int, default=3)
     parser.add_argument("--reuse", action="store_true", help="code with the runs already in --out instead of training")
     parser.add_argument("--conv-draw", metavar="RUN", help="a trained conv-draw run: its conceptual compression curve")
     parser.add_argument("--dplc", metavar="RUN", action="append", default=[], help="a trained dplc run (repeatable)")
@@ -115,6 +121,17 @@ def main() -> None:
     curves[f"VQ-VAE 7x7, K={vq.config.num_codes}"] = points = rate_distortion(vq, x, fid=fid)
     print(f"  vqvae: trained {minutes:.1f} min, coded in {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr)
     rows += [("VQ-VAE 7x7 codes, learned prior", p) for p in points]
+
+    if args.ladder_dims:
+        ladder, minutes, _ = train("ladder-vae", out / "ladder", args.ladder_epochs, None,
+                                   {"model.likelihood": "logistic", "model.latent_dims": args.ladder_dims},
+                                   args.seed, args.reuse)
+        start = time.perf_counter()
+        for layers in (ladder.num_layers, 1):
+            name = f"ladder VAE {args.ladder_dims}" + (", top layer only" if layers == 1 else "")
+            curves[name] = points = rate_distortion(ladder, x, tuple(args.steps), fid=fid, layers=layers)
+            rows += [(f"{name}, step {p['step']:g}", p) for p in points]
+        print(f"  ladder: trained {minutes:.1f} min, coded in {(time.perf_counter() - start) / 60:.1f} min", file=sys.stderr)
 
     if args.conv_draw:
         draw, x_draw = trained(args.conv_draw, args.test)
@@ -146,6 +163,18 @@ def main() -> None:
         print(f"| {label} | {file} | {p['rate']:.0f} | {p['mse']:.4f} | {p['fid']:.1f} |")
     for label, bits, error, distance in codecs:
         print(f"| {label} | {bits:.0f} | - | {error:.4f} | {distance:.1f} |")
+
+    def at(fmt: str, value: float, column: int) -> str:
+        bits = codec_bits_at(codecs, fmt, value, column)
+        return "-" if bits is None else f"{bits:.0f}"
+
+    print("\n| model point | its bits (file) | MSE | WebP bits at that MSE | JPEG bits at that MSE | FID "
+          "| WebP bits at that FID | JPEG bits at that FID |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, p in rows:
+        file = f"{p['file']:.0f}" if "file" in p else f"({p['rate']:.0f}, KL)"
+        print(f"| {label} | {file} | {p['mse']:.4f} | {at('WebP', p['mse'], 2)} | {at('JPEG', p['mse'], 2)} "
+              f"| {p['fid']:.1f} | {at('WebP', p['fid'], 3)} | {at('JPEG', p['fid'], 3)} |")
 
 
 if __name__ == "__main__":

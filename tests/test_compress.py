@@ -33,12 +33,14 @@ def runs(tmp_path_factory):
                  "--set", "model.vqvae_epochs=1", "--out", str(root / "vqvae")]) == 0
     assert main(["train", "dplc", *TINY, "--set", "model.code_dim=6", "--set", "model.levels=5",
                  "--set", "model.width=4", "--set", "model.critic_width=4", "--out", str(root / "dplc")]) == 0
+    assert main(["train", "ladder-vae", *TINY, "--set", "model.latent_dims=12,6", "--set", "model.hidden=16",
+                 "--out", str(root / "ladder")]) == 0
     return root
 
 
 @pytest.fixture(scope="module")
 def models(runs):
-    return {name: run.load(runs / name) for name in ("vae", "vqvae", "dplc")}
+    return {name: run.load(runs / name) for name in ("vae", "vqvae", "dplc", "ladder")}
 
 
 def images_of(runs, n: int = 4, name: str = "vae") -> torch.Tensor:
@@ -126,9 +128,15 @@ def test_the_cli_writes_and_reads_the_bytes(runs, models, tmp_path, capsys):
 def test_the_curve_is_plotted(runs, tmp_path, capsys):
     out = tmp_path / "rd.png"
     assert main(["compress", str(runs / "vae"), "--curve", "--steps", "1,0.25", "-n", "3", "-o", str(out)]) == 0
-    assert "2 points of vae" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "2 points of vae" in said and "at the same MSE: WebP" in said
     with Image.open(out) as im:
-        assert im.width > 100
+        width = im.width
+        assert width > 100
+    assert main(["compress", str(runs / "vae"), "--curve", "--steps", "1", "-n", "4", "--fid", "digits-net",
+                 "-o", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.width > 1.5 * width  # the rate-FID panel beside the rate-MSE one
 
 
 # --- the codecs -----------------------------------------------------------------------------------------
@@ -146,6 +154,81 @@ def test_codec_points_are_the_real_files():
     assert points["PNG"][0] == pytest.approx(np.mean(sizes))
     assert points["JPEG q95"][1] < points["JPEG q5"][1]
     assert points["WebP q50"][1] > 0
+
+
+def test_a_downscaled_codec_codes_the_small_picture_and_scores_the_upscaled_one():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 8, 8), dtype=np.uint8)
+    [(label, bits, error)] = codec_points(images, (("PNG", None, 2),))
+    assert label == "PNG @1/2"
+    sizes, errors = [], []
+    for a in images:  # lossless on the 4x4 picture: the error is all in the resizing
+        small = Image.fromarray(a).resize((4, 4), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        small.save(buffer, format="PNG")
+        sizes.append(8 * len(buffer.getvalue()))
+        back = np.asarray(small.resize((8, 8), Image.Resampling.BICUBIC)).astype(float)
+        errors.append((((back - a) / 255) ** 2).mean())
+    assert bits == pytest.approx(np.mean(sizes)) and error == pytest.approx(np.mean(errors), rel=1e-12) and error > 0
+
+
+def test_codec_bits_at_equal_distortion_interpolate_its_frontier():
+    from dgm.apps.compress import codec_bits_at
+
+    codecs = [("WebP q5", 100.0, 0.1), ("WebP q50", 1000.0, 0.01), ("WebP q9 @1/2", 500.0, 0.2),  # dominated
+              ("JPEG q5", 3000.0, 0.02), ("PNG", 4000.0, 0.0)]
+    assert codec_bits_at(codecs, "WebP", 0.1 / math.sqrt(10)) == pytest.approx(100 * math.sqrt(10))  # log-log middle
+    assert codec_bits_at(codecs, "WebP", 0.1) == pytest.approx(100.0)
+    assert codec_bits_at(codecs, "WebP", 0.15) is None and codec_bits_at(codecs, "WebP", 0.005) is None  # outside
+    assert codec_bits_at(codecs, "JPEG", 0.02) == 3000.0 and codec_bits_at(codecs, "JPEG", 0.03) is None
+    assert codec_bits_at(codecs, "PNG", 0.01) is None  # lossless: no distortion to match
+
+
+# --- a hierarchical VAE (ladder), coded top-down (eq. 4) -------------------------------------------------
+def test_ladder_roundtrip_is_exact_and_a_fine_step_gives_the_mean_pass(runs, models):
+    from dgm.apps.compress import BOUND, ladder_code
+
+    model = models["ladder"]
+    x = images_of(runs, 5, "ladder")
+    for step, layers in ((0.5, None), (0.05, None), (0.5, 1)):
+        c = compress(model, x, step=step, layers=layers)
+        symbols, images = decompress(model, c.data)
+        assert torch.equal(symbols, c.symbols) and torch.equal(images, c.reconstruction)  # bit-exact
+        assert len(c.symbols) == 5 * (18 if layers is None else 6)  # 12 + 6 units, or the top layer's 6
+        assert -2 <= c.payload_bits - c.rate <= 40
+        S = math.ceil(BOUND / step)
+        table = gaussian_table(step)
+        assert c.rate == pytest.approx(-torch.log2(table[c.symbols]).sum().item(), rel=1e-7)  # eq. (2)'s masses
+    # the top layer is the VAE's code: round(mu_q,L / step); a tiny step reproduces the mean top-down pass
+    top = model.encode(x)[:, 12:]
+    assert torch.equal(compress(model, x, step=0.5, layers=1).symbols.view(5, 6),
+                       (top.double() / 0.5).round().clamp(-S, S).long() + S)
+    fine = ladder_code(model, 1e-3, 2, x=x)[1]
+    assert torch.allclose(fine, model.decode(model.encode(x)), atol=1e-3)
+    # conceptual: the layer below from its prior's mean given the top layer's decode
+    with torch.inference_mode(), model.evaluating():
+        z2 = ((compress(model, x, step=0.5, layers=1).symbols.view(5, 6) - S).double() * 0.5).float()
+        expected = model.likelihood.mean(model.decoder_params(model.prior(0, z2)[0]))
+    assert torch.allclose(compress(model, x, step=0.5, layers=1).reconstruction, expected, atol=1e-6)
+    coarse, finer = (rate_distortion(model, x, steps=(s,))[0] for s in (1.0, 0.05))
+    assert coarse["rate"] < finer["rate"]
+
+
+def test_ladder_through_the_cli(runs, models, tmp_path, capsys):
+    assert main(["compress", str(runs / "ladder"), "test:0-3", "--step", "0.5", "--layers", "1",
+                 "-o", str(tmp_path / "l.dgm")]) == 0
+    assert "4 pictures, 24 symbols" in capsys.readouterr().out
+    c = compress(models["ladder"], images_of(runs, 4, "ladder"), step=0.5, layers=1)
+    assert (tmp_path / "l.dgm").read_bytes() == c.data
+    assert main(["decompress", str(runs / "ladder"), str(tmp_path / "l.dgm")]) == 0
+    with Image.open(tmp_path / "l-0003.png") as im:
+        assert (np.asarray(im) == to_8bit(c.reconstruction, models["ladder"].spec)[3]).all()
+    one_line_error(capsys, ["compress", str(runs / "ladder"), "test:0", "--layers", "3"], "--layers takes how many")
+    one_line_error(capsys, ["compress", str(runs / "vae"), "test:0", "--layers", "1"], "drop --layers")
+    bad = bytearray(c.data)
+    bad[6] = 7  # the header's layers
+    (tmp_path / "bad.dgm").write_bytes(bytes(bad))
+    one_line_error(capsys, ["decompress", str(runs / "ladder"), str(tmp_path / "bad.dgm")], "latent layers coded")
 
 
 # --- bad inputs: one line each ------------------------------------------------------------------------
@@ -201,7 +284,7 @@ def test_only_models_with_an_entropy_model_for_their_latents_get_the_apps():
     names = {cls.name for cls in (model_class(n) for n in ("vae", "vqvae", "beta-tc-vae", "ladder-vae", "ddpm",
                                                             "dplc", "conv-draw"))
              if APPS["compress"] in apps_for(cls)}
-    assert names == {"vae", "vqvae", "beta-tc-vae", "dplc"}  # dplc by its quantize/dequantize capabilities
+    assert names == {"vae", "vqvae", "beta-tc-vae", "ladder-vae", "dplc"}  # dplc by quantize/dequantize
 
 
 # --- many images in one stream ------------------------------------------------------------------------
@@ -307,7 +390,8 @@ def test_the_report_figure_shows_the_decodes_of_the_bytes(runs, models, name):
 
     model = models[name]
     x = images_of(runs, 10, name)
-    [(title, pictures, columns, caption)] = APPS["compress"].report_figures(model, x)
+    [(title, pictures, columns, caption), (_, chart, _, chart_caption)] = APPS["compress"].report_figures(model, x)
+    assert isinstance(chart, Image.Image) and chart.width > 200 and "at the same MSE" in chart_caption
     rows = 1 + (len(REPORT_STEPS) if name == "vae" else 1)
     assert columns == REPORT_IMAGES and pictures.shape == (rows * REPORT_IMAGES, *model.spec.shape)
     assert torch.equal(pictures[:REPORT_IMAGES], x[:REPORT_IMAGES])

@@ -74,5 +74,5 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
                  "runs/api-vae/report.html", "runs/sl-gan/report.html", "runs/ddc-hm/report.html",
                  "runs/left-sprites/report.html", "runs/voxels/report.html",
                  "probe.png", "probe.json", "runs/conv-draw/report.html", "runs/dplc/report.html", "board.html",
-                 "batch.dgm", "batch-0000.png", "batch-0099.png", "rd.png"]:
+                 "batch.dgm", "batch-0000.png", "batch-0099.png", "rd.png", "top.dgm"]:
         assert (tmp_path / made).exists(), made
