@@ -23,7 +23,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 #: sections of the report of an evaluated VAE on digits, in page order
 VAE_SECTIONS = ["Metrics", "Training curves", "Samples", "Nearest training images (pixel space)", "Reconstructions",
-                "Latent interpolation", "Latent traversals", "Samples during training", "Configuration"]
+                "Latent interpolation", "Latent traversals", "Compression (rate-distortion)",
+                "Rate-distortion against PNG, WebP and JPEG", "Samples during training", "Configuration"]
 #: sections of the report of a class-conditional GAN on digits
 CGAN_SECTIONS = ["Training curves", "Samples", "Samples by class", "Nearest training images (pixel space)",
                  "Samples during training", "Configuration"]
@@ -95,6 +96,8 @@ def test_the_compare_page_overlays_the_shared_curves_and_shows_each_runs_samples
     assert "<h3>vae_a: vae on digits</h3>" in page and "<h3>vae_b: vae on digits</h3>" in page
     assert "not evaluated yet (run 'dgm eval RUN'): " in page and "vae_b" in page.split("not evaluated yet")[1]
     assert "src='http" not in page and "src='figures/" not in page  # self-contained
+    assert "<h2>Probes and rate-distortion</h2>" in page  # the charts of the runs' reports, one per run
+    assert page.count("Rate-distortion against PNG, WebP and JPEG</h3>") == 2
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +148,10 @@ def test_the_report_of_a_class_conditional_gan_loads_in_chromium(runs, browser):
 
 def test_the_compare_page_loads_in_chromium_with_the_table_curves_and_samples(runs, browser):
     state = load(browser, runs["root"] / "compare.html")
-    assert_loads(state, ["Leaderboard", "Training curves", "Samples"])
+    assert_loads(state, ["Leaderboard", "Training curves", "Samples", "Probes and rate-distortion"])
     alts = [i["alt"] for i in state["images"]]
     assert "loss" in alts and "samples of vae_a" in alts and "samples of vae_b" in alts
+    assert alts.count("Rate-distortion against PNG, WebP and JPEG") == 2
 
 
 def test_a_broken_page_is_caught(browser, tmp_path):  # the checks above can fail

@@ -7,7 +7,9 @@ column are listed under the table (and in the titles of the plot), so numbers co
 are never silently compared.
 
 ``dgm compare --html PAGE`` also writes one self-contained page: the table, the training curves of
-the runs overlaid (one plot per quantity their ``metrics.csv`` share) and each run's sample grid.
+the runs overlaid (one plot per quantity their ``metrics.csv`` share), each run's sample grid, and
+the charts of the instruments its report drew (the probe's feature distribution, the rate-distortion
+chart against PNG, WebP and JPEG), read from the report's figures so nothing is drawn again.
 """
 from __future__ import annotations
 
@@ -207,6 +209,41 @@ def overlaid(logs: list[list[dict[str, float]]], labels: list[str], name: str): 
     return figure_to_image(fig)
 
 
+def is_instrument_chart(title: str) -> bool:
+    """A chart the probe or compress app drew in a report (not the probe's grid of sorted samples)."""
+    return title.startswith("Rate-distortion against") or (title.startswith("Probe: ")
+                                                              and title.endswith("in samples and in training"))
+
+
+def report_figures(run: Path, wanted) -> list[dict]:  # noqa: ANN001 (title -> bool)
+    """The entries of the run's cached report figures (``RUN/figures/figures.json``) whose title is
+    ``wanted`` and that have a picture file; none without a report or with a damaged index."""
+    from dgm.report.html import FIGURES_DIR, FIGURES_INDEX
+
+    index = run / FIGURES_DIR / FIGURES_INDEX
+    try:
+        entries = json.loads(index.read_text()).get("figures", []) if index.exists() else []
+        return [e for e in entries if wanted(e.get("title", "")) and e.get("file")
+                and (run / FIGURES_DIR / e["file"]).exists()]
+    except (ValueError, AttributeError, OSError):  # a damaged index: as if there were no report
+        return []
+
+
+def instrument_charts(run: Path) -> list[tuple[str, str, str]]:
+    """``(title, data URI, caption)`` of each instrument chart of the run's report (:func:`is_instrument_chart`)."""
+    from PIL import Image
+
+    from dgm.io.images import data_uri
+    from dgm.report.html import FIGURES_DIR
+
+    out = []
+    for entry in report_figures(run, is_instrument_chart):
+        with Image.open(run / FIGURES_DIR / entry["file"]) as im:
+            im.load()
+            out.append((entry["title"], data_uri(im), entry.get("caption", "")))
+    return out
+
+
 def samples_picture(run: Path) -> tuple[str, str, bool] | None:
     """The run's sample grid as ``(data URI, where it comes from, whether it is an image grid)``: the
     report's samples figure (``RUN/figures``), else the last grid drawn during training
@@ -214,18 +251,12 @@ def samples_picture(run: Path) -> tuple[str, str, bool] | None:
     from PIL import Image
 
     from dgm.io.images import data_uri
-    from dgm.report.html import FIGURES_DIR, FIGURES_INDEX
+    from dgm.report.html import FIGURES_DIR
 
     path, source, pixelated = None, "", True
-    index = run / FIGURES_DIR / FIGURES_INDEX
-    if index.exists():
-        try:
-            entry = next((e for e in json.loads(index.read_text()).get("figures", [])
-                          if e.get("title") == "Samples" and e.get("file")), None)
-        except (ValueError, AttributeError):  # a damaged index: the grids drawn during training serve
-            entry = None
-        if entry is not None:
-            path, source, pixelated = run / FIGURES_DIR / entry["file"], entry["caption"], entry.get("pixelated", True)
+    entry = next(iter(report_figures(run, lambda t: t == "Samples")), None)
+    if entry is not None:
+        path, source, pixelated = run / FIGURES_DIR / entry["file"], entry["caption"], entry.get("pixelated", True)
     if path is None:
         grids = sorted((run / "samples").glob("epoch_*.png"))
         if grids:
@@ -240,7 +271,8 @@ def samples_picture(run: Path) -> tuple[str, str, bool] | None:
 def write_html(rows: list[RunRow], path: Path) -> Path:
     """One self-contained page (images inlined) comparing the runs: the leaderboard with the
     qualifiers of each column, the training curves of every quantity the runs share overlaid (one
-    plot each, from each run's ``metrics.csv``), and each run's sample grid."""
+    plot each, from each run's ``metrics.csv``), each run's sample grid, and the instrument charts
+    of the runs whose reports drew them (:func:`instrument_charts`)."""
     from html import escape
 
     from dgm.io.images import data_uri
@@ -277,6 +309,14 @@ def write_html(rows: list[RunRow], path: Path) -> Path:
         cls = " class='pixelated'" if pixelated else ""
         parts.append(f"<figure><img{cls} src='{uri}' alt='samples of {escape(label, quote=True)}'>"
                      f"<figcaption class='caption'>{escape(source)}</figcaption></figure>")
+    charts = [(label, instrument_charts(Path(row.run))) for row, label in zip(rows, labels)]
+    if any(found for _, found in charts):
+        parts.append("<h2>Probes and rate-distortion</h2>")
+        for label, found in charts:
+            for title, uri, caption in found:
+                parts.append(f"<h3>{escape(label)}: {escape(title)}</h3><figure><img src='{uri}' "
+                             f"alt='{escape(title, quote=True)}'><figcaption class='caption'>{escape(caption)}"
+                             "</figcaption></figure>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>dgm compare: {len(rows)} runs</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
