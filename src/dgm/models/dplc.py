@@ -28,7 +28,11 @@ critic, no MMD): the comparison the paper draws against.
 
 Not checked against the paper's text (the search tool gave its abstract and introduction only): the
 exact mixture weight gamma and the weights lambda, lambda', the prior P_Z and the quantiser's
-gradient; those here are the WAE and WGAN-GP defaults and the module's own choices.
+gradient; those here are the WAE and WGAN-GP defaults and the module's own choices. The authors' code
+(mitscha/dplc) departs from this one-stage form: a generator trained first and frozen while the encoder
+and a learned mapping are fitted, distortion as the square root of the batch MSE, a 7-scale MMD, random
+blends as the critic's fakes, the adversarial loss on reconstructions without gradient into the encoder,
+a soft quantiser without tanh; see docs/benchmarks.md for what that means for our numbers.
 """
 from __future__ import annotations
 
