@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,9 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
         if argv[0] == "dgm":
             code = main(argv[1:] + (["--quiet"] if argv[1] in ("train", "eval", "demo", "sample", "restore") else []))
             assert code == 0, (line, capsys.readouterr().err[-2000:])
+        elif argv[0] == "torchrun":  # the venv's, whether or not its bin/ is on PATH
+            subprocess.run([sys.executable, "-m", "torch.distributed.run", *argv[1:], "--quiet"], check=True,
+                           cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
         else:
             subprocess.run(["bash", "-c", line], check=True, cwd=tmp_path)
     for heading, code in blocks("python"):
@@ -74,5 +78,6 @@ def test_every_readme_command_runs(tmp_path, monkeypatch, capsys):
                  "runs/api-vae/report.html", "runs/sl-gan/report.html", "runs/ddc-hm/report.html",
                  "runs/left-sprites/report.html", "runs/voxels/report.html",
                  "probe.png", "probe.json", "runs/conv-draw/report.html", "runs/dplc/report.html", "board.html",
-                 "batch.dgm", "batch-0000.png", "batch-0099.png", "rd.png", "top.dgm"]:
+                 "batch.dgm", "batch-0000.png", "batch-0099.png", "rd.png", "top.dgm",
+                 "runs/vae-ddp/report.html"]:
         assert (tmp_path / made).exists(), made

@@ -8,6 +8,7 @@ resume it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -101,6 +102,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.set(key, value)
     if args.quiet:
         config.train.progress = False
+    if not args.out and os.environ.get("WORLD_SIZE", "1") != "1":  # each process would pick its own folder
+        from dgm.train.distributed import WorldError
+
+        raise WorldError("under torchrun, name the run's folder with --out (every process must write to the same one)")
     out = Path(args.out) if args.out else _default_out(config.model, config.data.name)
     _train_and_report(config, out, resume=False, quiet=args.quiet)
     return 0
@@ -110,9 +115,13 @@ def _train_and_report(config, out: Path, *, resume: bool, quiet: bool):  # noqa:
     from dgm import run
     from dgm.report import write_report
 
+    from dgm.train import distributed
+
     start = time.perf_counter()
     model, out = run.train(config, out, resume=resume)
     seconds = time.perf_counter() - start
+    if not distributed.launched().writes:  # one of several processes: rank 0 writes the report
+        return model, out
     report = write_report(out, model, run.load_data(config, "test"), progress=not quiet)
     if not quiet:
         print(f"trained {config.model} on {config.data.name} in {seconds:.1f} s -> {out}")
@@ -400,7 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except DgmError as e:
-        print(f"dgm: error: {e}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0") or 0) if os.environ.get("WORLD_SIZE", "1") != "1" else 0
+        if rank == 0 or not e.every_process:  # a check every process fails alike: one line
+            print(f"dgm: error: {e}" + (f" (process {rank})" if rank else ""), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("dgm: interrupted", file=sys.stderr)

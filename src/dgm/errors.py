@@ -13,6 +13,9 @@ class DgmError(Exception):
     """An error caused by the user's input (names, files, flags, shapes), with a fix in its message."""
 
     exit_code = 2  # the status the CLI exits with
+    # raised alike in every process of a data-parallel run (the same check on the same settings): the
+    # CLI prints it once, from rank 0; other errors are printed by the process they happen in
+    every_process = False
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> DgmError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from dgm.errors import DgmError, unknown_name
 from dgm.models.base import GenerativeModel, config_to_json, make_config, model_class
 from dgm.settings import NonNegativeInt, PositiveInt, coerce, type_hints
 from dgm.train import checkpoint as ckpt
+from dgm.train import distributed
 from dgm.train.trainer import TrainConfig, Trainer, resolve_device
 
 
@@ -196,10 +198,20 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[
     out = Path(out)
     if tiny():
         cap_to_tiny(config)
+    world = distributed.launched()  # started by torchrun: one of several processes (dgm.train.distributed)
+    device = resolve_device(config.train.device)
+    owned = world.active and not distributed.connected()  # a script of the user's may have connected
+    if world.active:
+        device = distributed.connect(world, device, config.train.backend)
+        distributed.check_same(world, "settings (model, data, train, output folder)",
+                               json.dumps([asdict(config), str(out.resolve()), resume], sort_keys=True, default=str))
+        config.train.progress = config.train.progress and world.writes  # one progress bar, rank 0's
     if resume:  # before anything is written: a run with nothing left to train stays as it is
         check_resumable(out, config.train.epochs)
-    device = resolve_device(config.train.device)
     data = load_data(config, "train", device=device)
+    # before anything is written: every process needs its equal share of each batch (Trainer checks again)
+    distributed.check_batch(world, min(config.train.batch_size, len(data)),
+                            data.labelled_per_batch if data.labelled is not None else 0)
     model = build_model(config, data.spec)
     # the full model config (defaults included) is what lands in the checkpoint
     config.model_config = config_to_json(model.config)
@@ -208,16 +220,23 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[
     if not resume:
         if (out / ckpt.TRAINER_STATE).exists():
             raise DgmError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
+        distributed.barrier(world)  # every process has looked before rank 0 writes
+        if world.writes:
+            out.mkdir(parents=True, exist_ok=True)
     callbacks = monitors(model, data, lambda: load_data(config, "test", device=device))
-    trainer = Trainer(model, data, config.train, run_dir=out, callbacks=callbacks)
+    trainer = Trainer(model, data, config.train, run_dir=out, callbacks=callbacks, world=world, device=device)
     # config.json describes the run as trained: the target epochs, the batch size actually used (the
     # trainer caps it at the size of a small split)
     config.train = trainer.config
-    ckpt.save_json(config.to_json(data.spec), out / ckpt.CONFIG)
-    if not resume:
-        record_labels(data, out)
-    trainer.fit(resume=resume)
+    if world.writes:
+        ckpt.save_json(config.to_json(data.spec), out / ckpt.CONFIG)
+        if not resume:
+            record_labels(data, out)
+    try:
+        trainer.fit(resume=resume)
+    finally:
+        if owned:  # (a process that failed frees the others from their collectives)
+            distributed.disconnect()
     if trainer.ema is not None:
         model.load_state_dict(trainer.ema.shadow)
     return model.eval(), out

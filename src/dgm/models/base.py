@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -131,25 +132,64 @@ def _noise_device(like: Tensor, generator: torch.Generator | None) -> torch.devi
     return generator.device if generator is not None else like.device
 
 
+@dataclass(frozen=True)
+class NoiseShard:
+    """This process's share of a batch split across ``world`` processes (data-parallel training):
+    rows ``rank * batch .. (rank + 1) * batch`` of a global batch of ``world * batch`` examples."""
+
+    rank: int
+    world: int
+    batch: int  # examples of the local batch
+
+
+_NOISE_SHARD: NoiseShard | None = None
+
+
+@contextmanager
+def noise_shard(shard: NoiseShard | None) -> Iterator[None]:
+    """Within this context, :func:`randn`, :func:`rand` and :func:`randint` draw noise whose first
+    dimension is k times the local batch (k = 1, or k samples per example, sample-major) for the
+    GLOBAL batch and return this process's rows: every process consumes the same stream of a
+    generator seeded alike, and the union of their draws is the draw of one process training on
+    the whole batch (so data-parallel training follows the single-process run). Other noise (not
+    per example) is drawn identically by every process."""
+    global _NOISE_SHARD
+    previous, _NOISE_SHARD = _NOISE_SHARD, shard
+    try:
+        yield
+    finally:
+        _NOISE_SHARD = previous
+
+
+def _draw(fill, shape: tuple[int, ...] | torch.Size) -> Tensor:  # noqa: ANN001 (shape -> tensor)
+    """``fill(shape)``, or under :func:`noise_shard` this process's rows of the global draw."""
+    shard, shape = _NOISE_SHARD, tuple(shape)
+    if shard is None or shard.world == 1 or not shape or shape[0] % shard.batch:
+        return fill(shape)
+    k = shape[0] // shard.batch  # samples per example, sample-major: row s * batch + b
+    full = fill((k, shard.world * shard.batch, *shape[1:]))
+    return full[:, shard.rank * shard.batch:(shard.rank + 1) * shard.batch].reshape(shape)
+
+
 def randn(shape: tuple[int, ...] | torch.Size, *, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise of ``shape`` with ``like``'s dtype and device, drawn from ``generator``
     (``None``: torch's global RNG): ``torch.randn_like`` with a generator. Drawn on the generator's
-    device and moved, so a CPU generator also serves a model on a GPU."""
+    device and moved, so a CPU generator also serves a model on a GPU (sharded: :func:`noise_shard`)."""
     device = _noise_device(like, generator)
-    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    return _draw(lambda s: torch.randn(s, generator=generator, device=device, dtype=like.dtype), shape).to(like.device)
 
 
 def rand(shape: tuple[int, ...] | torch.Size, *, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """U[0, 1) noise of ``shape`` with ``like``'s dtype and device, drawn from ``generator``."""
     device = _noise_device(like, generator)
-    return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    return _draw(lambda s: torch.rand(s, generator=generator, device=device, dtype=like.dtype), shape).to(like.device)
 
 
 def randint(high: int, shape: tuple[int, ...] | torch.Size, *, like: Tensor,
             generator: torch.Generator | None) -> Tensor:
     """Integers uniform in [0, high), int64, on ``like``'s device, drawn from ``generator``."""
     device = _noise_device(like, generator)
-    return torch.randint(high, tuple(shape), generator=generator, device=device).to(like.device)
+    return _draw(lambda s: torch.randint(high, s, generator=generator, device=device), shape).to(like.device)
 
 
 @dataclass

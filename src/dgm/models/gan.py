@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Phase, Progress, randn, register
+from dgm.models.base import GenerativeModel, Loss, Phase, Progress, rand, randint, randn, register
 from dgm.models.refusals import refuse_partial_labels, refuse_variable_length
 from dgm.nn import MLP
 from dgm.nn.distributions import normal_log_prob
@@ -102,7 +102,7 @@ def gradient_penalty(critic: Any, real: tuple[Tensor, ...], fake: tuple[Tensor, 
     example (WGAN-GP eq. 3). ``critic(*inputs)`` returns one score per (packed) example;
     multi-part inputs are interpolated part by part."""
     n = len(real[0])
-    e = torch.rand(n, device=real[0].device, generator=generator)
+    e = rand((n,), like=torch.empty(0, device=real[0].device), generator=generator)
     mixed = [(e.view(n, *[1] * (r.dim() - 1)) * r + (1 - e.view(n, *[1] * (r.dim() - 1))) * f).detach()
              .requires_grad_(True) for r, f in zip(real, fake)]
     return (score_gradient_norms(critic(*mixed), mixed) - 1).pow(2).mean()
@@ -258,11 +258,11 @@ class GAN(GenerativeModel):
     # --- the two players --------------------------------------------------------------------------
     def draw(self, n: int, labels: Tensor | None = None, *, generator: torch.Generator | None = None) -> Draw:
         """Noise for ``n`` samples (and labels: the given ones, or uniform ones if conditional)."""
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
+        like = torch.empty(0, device=self.device)
+        z = randn((n, self.config.latent_dim), like=like, generator=generator)
         y = None
         if self.num_classes:
-            y = labels if labels is not None else \
-                torch.randint(self.num_classes, (n,), generator=generator, device=self.device)
+            y = labels if labels is not None else randint(self.num_classes, (n,), like=like, generator=generator)
         return Draw(z, y)
 
     def generate(self, draw: Draw) -> Tensor:

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -139,9 +140,16 @@ class VectorQuantizer(nn.Module):
         """One step of the moving averages (appendix A.1) and the restarts, for the batch's vectors
         ``flat (N, D)`` and their assignments ``one_hot (N, K)``."""
         gamma = self.decay
-        self.cluster_size.mul_(gamma).add_(one_hot.sum(0), alpha=1 - gamma)  # N_i
+        counts, sums = one_hot.sum(0), (one_hot.T @ flat if self.ema else None)
+        if dist.is_available() and dist.is_initialized():  # data-parallel: the statistics of the global batch
+            dist.all_reduce(counts)
+            if sums is not None:
+                dist.all_reduce(sums)
+            if self.restart_threshold > 0:  # the restarts pick from all of it, as one process would
+                flat = _gather_rows(flat)
+        self.cluster_size.mul_(gamma).add_(counts, alpha=1 - gamma)  # N_i
         if self.ema:
-            self.embed_sum.mul_(gamma).add_(one_hot.T @ flat, alpha=1 - gamma)  # m_i
+            self.embed_sum.mul_(gamma).add_(sums, alpha=1 - gamma)  # m_i
             n = self.cluster_size.sum()
             smoothed = (self.cluster_size + self.epsilon) / (n + self.num_codes * self.epsilon) * n  # N~_i
             self.embedding.copy_(self.embed_sum / smoothed[:, None])  # e_i = m_i / N~_i
@@ -156,6 +164,14 @@ class VectorQuantizer(nn.Module):
             self.cluster_size.copy_(torch.where(dead[:, 0], torch.ones_like(self.cluster_size), self.cluster_size))
             if self.ema:
                 self.embed_sum.copy_(torch.where(dead, fresh, self.embed_sum))  # m_i = e_i N_i with N_i = 1
+
+
+def _gather_rows(t: Tensor) -> Tensor:
+    """The rows of ``t`` from every process, in rank order: a data-parallel process's share of a batch
+    becomes the whole batch (shards are contiguous, so this is the single process's order)."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
 
 
 # --- the networks around it ------------------------------------------------------------------------

@@ -42,8 +42,10 @@ from torch import Tensor
 
 from dgm.data.core import Dataset
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Phase, Progress, Stage, capabilities, fits_in_closed_form
+from dgm.models.base import (GenerativeModel, NoiseShard, Phase, Progress, Stage, capabilities, fits_in_closed_form,
+                             noise_shard)
 from dgm.train import checkpoint as ckpt
+from dgm.train import distributed
 from dgm.settings import Decay, check, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from dgm.train.ema import EMA
 
@@ -72,6 +74,7 @@ class TrainConfig:
     seed: NonNegativeInt = 0  # seeds weights, data order and all noise: a run is reproducible from config.json
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast of the forward pass (AMX CPUs, GPUs)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # collectives when started by torchrun: gloo on CPUs, NCCL on GPUs
     max_steps_per_epoch: PositiveInt | None = None  # cut epochs short (quick runs, tests)
     log_every: PositiveInt = 10  # optimiser steps between rows of metrics.csv
     sample_every: NonNegativeInt = 1  # epochs between sample grids in samples/ (0: never)
@@ -89,11 +92,14 @@ class Callback(Protocol):
 class TrainingDiverged(DgmError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
+    every_process = True  # the processes count non-finite losses together (agreed at each log row)
+
 
 class TrainingInterrupted(DgmError):
     """Ctrl-C during training; the state at the last completed step was saved."""
 
     exit_code = 130  # as a shell reports a process ended by SIGINT
+    every_process = True  # data-parallel processes stop together (agreed at a log row): rank 0 says so
 
 
 @dataclass
@@ -126,16 +132,21 @@ class Trainer:
         config: the loop's settings.
         run_dir: where checkpoints, ``metrics.csv`` and ``samples/`` go; ``None`` keeps nothing.
         callbacks: objects with an ``on_epoch_end(trainer, epoch)`` returning extra metrics to log.
+        world: this process among the processes of a data-parallel run (:mod:`dgm.train.distributed`,
+            already connected); by default the only one. Only rank 0 writes to ``run_dir``.
+        device: the device to train on (a data-parallel process's own GPU); default ``config.device``.
     """
 
     def __init__(self, model: GenerativeModel, data: Dataset, config: TrainConfig, *,
-                 run_dir: str | Path | None = None, callbacks: Sequence[Callback] = ()) -> None:
+                 run_dir: str | Path | None = None, callbacks: Sequence[Callback] = (),
+                 world: distributed.World = distributed.SINGLE, device: torch.device | None = None) -> None:
         self.config = check(config, "train")
-        self.device = resolve_device(config.device)
+        self.world = world
+        self.device = device if device is not None else resolve_device(config.device)
         self.model = model.to(self.device)
         self.data = data.to(self.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        if self.run_dir is not None:
+        if self.run_dir is not None and world.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.callbacks = list(callbacks)
         if len(self.data) == 0:
@@ -145,6 +156,9 @@ class Trainer:
                  f"{self.config.batch_size}: training on batches of {len(self.data)}")
             self.config = replace(self.config, batch_size=len(self.data))
         config = self.config
+        # the labelled examples each batch carries at its end (partially labelled data)
+        self._labelled_extra = data.labelled_per_batch if data.labelled is not None else 0
+        self._local_batch = distributed.check_batch(world, config.batch_size, self._labelled_extra)
         self.stages: list[Stage] = model.stages()
         self.phases: list[Phase] = [p for s in self.stages for p in s.phases]  # of every stage
         self._stage_of = {p.name: s for s in self.stages for p in s.phases}
@@ -171,6 +185,8 @@ class Trainer:
         self._checked_step = 0  # every loss up to this step is known to be finite
         self._postfix = ""  # the progress bar's text: the losses of the last logged row
         self._saved_at = self.clock()  # when the last checkpoint was written (clock seconds)
+        # data-parallel: what the processes agreed on at the last log row (see _agree)
+        self._agreed, self._stop_agreed, self._save_agreed = False, False, False
 
     #: seconds on a monotonic clock, read once per step for time-interval checkpoints (tests replace it)
     clock: Callable[[], float] = staticmethod(time.monotonic)
@@ -321,7 +337,11 @@ class Trainer:
         elif self.position.step == 0:  # a fresh run: the model learns its vocabulary first
             self.model.prepare(self.data)
         if fits_in_closed_form(self.model):
+            if self.world.active:
+                raise distributed.WorldError(f"model {self.model.name!r} is fitted in closed form in one process: "
+                               "train it without torchrun")
             return self._fit_closed_form()
+        distributed.broadcast_state(self.model, self.world)  # every process starts from rank 0's weights
         self._checked_step = self.position.step  # a checkpoint holds finite losses only
         self._saved_at = self.clock()
         c, pos = self.config, self.position
@@ -343,15 +363,18 @@ class Trainer:
                                             generator=self.data_rng, start=pos.batch)
                 bar = self._progress_bar(pos.epoch)
                 self.model.train()
+                shard = NoiseShard(self.world.rank, self.world.size, self._local_batch + self._labelled_extra
+                                   // self.world.size) if self.world.active else None
                 for batch in batches:
                     if pos.batch >= self.steps_per_epoch:
                         break
+                    batch = distributed.shard(batch, self.world, self._labelled_extra)
                     stage_step = pos.step - first * self.steps_per_epoch
                     # the round runs on across epochs: an epoch shorter than a round (a small split,
                     # five critic steps and a generator step) still reaches every phase
                     phase = cycle[stage_step % len(cycle)]
                     try:
-                        with autocast:
+                        with autocast, noise_shard(shard):
                             out = self.model.loss(batch, phase.name, Progress(
                                 pos.step, pos.epoch, self.total_steps, self.stage.name,
                                 stage_step, epochs * self.steps_per_epoch,
@@ -369,9 +392,14 @@ class Trainer:
                         self._log_row()  # checks that the losses are finite before writing the row
                         if bar is not None:
                             bar.set_postfix_str(self._postfix, refresh=False)
-                    if pos.batch < self.steps_per_epoch and self._checkpoint_due():
+                    if self.world.active:  # the processes stop and save together, as agreed at the log row
+                        due, stop = self._save_agreed, self._stop_agreed
+                        self._save_agreed = False
+                    else:
+                        due, stop = self._checkpoint_due(), self.stop_requested
+                    if pos.batch < self.steps_per_epoch and due:
                         self.save_checkpoint()  # inside a long epoch; the epoch's end saves anyway
-                    if self.stop_requested:
+                    if stop:
                         raise KeyboardInterrupt
                 if bar is not None:
                     bar.close()
@@ -430,6 +458,7 @@ class Trainer:
             group["lr"] = self.phase_lr(phase) * self.lr_factor(self.position.step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(phase.parameters, self.world)  # the gradient of the global batch's mean
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(phase.parameters, self.config.grad_clip)
         optimizer.step()
@@ -482,6 +511,25 @@ class Trainer:
         bad = torch.isfinite(loss).logical_not().sum()
         self._nonfinite[phase.name] = self._nonfinite[phase.name] + bad if phase.name in self._nonfinite else bad
         self._log_counts[phase.name] = self._log_counts.get(phase.name, 0) + 1
+        self._agreed = False
+
+    def _agree(self) -> None:
+        """Data-parallel: make the processes agree at a log row, in one all-reduce: the interval's sums
+        become their mean over the processes, the counts of non-finite losses their total (so all
+        stop on a divergence together), and whether to stop (Ctrl-C in any process) and to save
+        (rank 0's clock) is decided for all."""
+        names, phases = list(self._log_sums), list(self._nonfinite)
+        flags = [float(self.stop_requested), float(self.world.writes and self._checkpoint_due())]
+        parts = [torch.stack([self._log_sums[n].float() for n in names])] if names else []
+        parts += [torch.stack([self._nonfinite[p].float() for p in phases])] if phases else []
+        vector = torch.cat([*parts, torch.tensor(flags, device=self.device)])
+        total = distributed.average(vector, self.world) * self.world.size
+        for i, name in enumerate(names):
+            self._log_sums[name] = total[i] / self.world.size
+        for i, phase in enumerate(phases):
+            self._nonfinite[phase] = total[len(names) + i].round().long()
+        stop, save = total[-2:].tolist()
+        self._stop_agreed, self._save_agreed, self._agreed = stop > 0, save > 0, True
 
     def _read_sums(self) -> dict[str, float]:
         """The interval's sums, read from the device at once."""
@@ -489,6 +537,8 @@ class Trainer:
         return dict(zip(self._log_sums, totals))
 
     def _log_row(self, extra: dict[str, float] | None = None) -> None:
+        if self.world.active and not self._agreed:
+            self._agree()
         self._check_finite()  # a row is never written from a NaN interval
         pos = self.position
         row: dict[str, float] = {"step": pos.step, "epoch": pos.epoch + pos.batch / max(1, self.steps_per_epoch)}
@@ -502,7 +552,7 @@ class Trainer:
         self._log_sums, self._log_counts = {}, {}
         self._postfix = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k.split("/")[-1] == "loss")
         pos.history.append(row)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.world.writes:
             append_csv(self.run_dir / "metrics.csv", pos.history)
             self._tensorboard(row)
 
@@ -533,6 +583,10 @@ class Trainer:
 
     def _end_epoch(self, numbers: dict[str, float] | None = None) -> None:
         """End the epoch: callbacks, the last row (with ``numbers``, e.g. a fit's), samples, the checkpoint."""
+        if self.world.active:
+            if not self._agreed:
+                self._agree()  # the epoch's last (short) interval
+            distributed.broadcast_state(self.model, self.world, buffers_only=True)  # rank 0's running statistics
         self._check_finite()  # before the callbacks sample from the weights
         pos = self.position
         extra = dict(numbers or {})
@@ -541,8 +595,8 @@ class Trainer:
             extra.update((hook(self, pos.epoch) if hook else None) or {})
         if self._log_counts or extra:
             self._log_row(extra)
-        if self.run_dir is not None and self.config.sample_every and "sample" in capabilities(self.model) \
-                and (pos.epoch + 1) % self.config.sample_every == 0:
+        if self.run_dir is not None and self.world.writes and self.config.sample_every \
+                and "sample" in capabilities(self.model) and (pos.epoch + 1) % self.config.sample_every == 0:
             self.save_sample_grid(self.run_dir / "samples" / f"epoch_{pos.epoch + 1:03d}.png")
         pos.epoch += 1
         pos.batch = 0
@@ -581,6 +635,8 @@ class Trainer:
         if self.run_dir is None:
             return
         self._check_finite()  # never a checkpoint after a NaN step: the last good one stays
+        if not self.world.writes:  # rank 0 writes the run's checkpoint: the state is the same everywhere
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         pos = self.position
         tensors: dict[str, Tensor] = {"rng/noise": self.noise_rng.get_state(),
@@ -609,7 +665,9 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         assert self.run_dir is not None, "resuming needs a run directory"
-        ckpt.complete_pending(self.run_dir)
+        if self.world.writes:  # a save cut short by a kill is finished (or dropped) by the process that writes
+            ckpt.complete_pending(self.run_dir)
+        distributed.barrier(self.world)  # ... before any process reads the checkpoint
         state = ckpt.load_json(self.run_dir / ckpt.TRAINER_STATE)
         tensors = ckpt.load_tensors(self.run_dir / ckpt.TRAINER_TENSORS)
         ckpt.load_state_dict_checked(self.model, ckpt.load_tensors(self.run_dir / ckpt.WEIGHTS, self.device),
@@ -650,7 +708,7 @@ class Trainer:
                           for k, v in sums.items() if not k.startswith("_count/")}
         # continue the same curve: keep the rows logged up to the checkpoint, drop any logged after it
         pos.history = [r for r in read_csv(self.run_dir / "metrics.csv") if r["step"] <= pos.step]
-        if pos.history:
+        if pos.history and self.world.writes:
             write_csv(self.run_dir / "metrics.csv", pos.history)
 
 
