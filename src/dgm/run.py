@@ -203,39 +203,40 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False) -> tuple[
     owned = world.active and not distributed.connected()  # a script of the user's may have connected
     if world.active:
         device = distributed.connect(world, device, config.train.backend)
-        distributed.check_same(world, "settings (model, data, train, output folder)",
-                               json.dumps([asdict(config), str(out.resolve()), resume], sort_keys=True, default=str))
-        config.train.progress = config.train.progress and world.writes  # one progress bar, rank 0's
-    if resume:  # before anything is written: a run with nothing left to train stays as it is
-        check_resumable(out, config.train.epochs)
-    data = load_data(config, "train", device=device)
-    # before anything is written: every process needs its equal share of each batch (Trainer checks again)
-    distributed.check_batch(world, min(config.train.batch_size, len(data)),
-                            data.labelled_per_batch if data.labelled is not None else 0)
-    model = build_model(config, data.spec)
-    # the full model config (defaults included) is what lands in the checkpoint
-    config.model_config = config_to_json(model.config)
-    if config.train.ema is None:  # the model's own default (diffusion samples with EMA weights)
-        config.train.ema = type(model).default_ema
-    if not resume:
-        if (out / ckpt.TRAINER_STATE).exists():
-            raise DgmError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-        distributed.barrier(world)  # every process has looked before rank 0 writes
-        if world.writes:
-            out.mkdir(parents=True, exist_ok=True)
-    callbacks = monitors(model, data, lambda: load_data(config, "test", device=device))
-    trainer = Trainer(model, data, config.train, run_dir=out, callbacks=callbacks, world=world, device=device)
-    # config.json describes the run as trained: the target epochs, the batch size actually used (the
-    # trainer caps it at the size of a small split)
-    config.train = trainer.config
-    if world.writes:
-        ckpt.save_json(config.to_json(data.spec), out / ckpt.CONFIG)
+    try:  # a process that stops, for any reason, leaves the group cleanly and frees the others
+        if world.active:
+            distributed.check_same(world, "settings (model, data, train, output folder)",
+                                   json.dumps([asdict(config), str(out.resolve()), resume], sort_keys=True, default=str))
+            config.train.progress = config.train.progress and world.writes  # one progress bar, rank 0's
+        if resume:  # before anything is written: a run with nothing left to train stays as it is
+            check_resumable(out, config.train.epochs)
+        data = load_data(config, "train", device=device)
+        # before anything is written: every process needs its equal share of each batch (Trainer checks again)
+        distributed.check_batch(world, min(config.train.batch_size, len(data)),
+                                data.labelled_per_batch if data.labelled is not None else 0)
+        model = build_model(config, data.spec)
+        # the full model config (defaults included) is what lands in the checkpoint
+        config.model_config = config_to_json(model.config)
+        if config.train.ema is None:  # the model's own default (diffusion samples with EMA weights)
+            config.train.ema = type(model).default_ema
         if not resume:
-            record_labels(data, out)
-    try:
+            if (out / ckpt.TRAINER_STATE).exists():
+                raise DgmError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+            distributed.barrier(world)  # every process has looked before rank 0 writes
+            if world.writes:
+                out.mkdir(parents=True, exist_ok=True)
+        callbacks = monitors(model, data, lambda: load_data(config, "test", device=device))
+        trainer = Trainer(model, data, config.train, run_dir=out, callbacks=callbacks, world=world, device=device)
+        # config.json describes the run as trained: the target epochs, the batch size actually used (the
+        # trainer caps it at the size of a small split)
+        config.train = trainer.config
+        if world.writes:
+            ckpt.save_json(config.to_json(data.spec), out / ckpt.CONFIG)
+            if not resume:
+                record_labels(data, out)
         trainer.fit(resume=resume)
     finally:
-        if owned:  # (a process that failed frees the others from their collectives)
+        if owned:
             distributed.disconnect()
     if trainer.ema is not None:
         model.load_state_dict(trainer.ema.shadow)
