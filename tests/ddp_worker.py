@@ -17,8 +17,9 @@ from pathlib import Path
 
 COMMON = {"train.epochs": 2, "train.batch_size": 64, "train.max_steps_per_epoch": 3, "train.log_every": 2,
           "train.progress": False, "train.device": "cpu"}
-JOBS = {  # name -> (model, data, settings): a VAE, an MLP GAN (no batch norm), a DDPM, a two-stage VQ-VAE
+JOBS = {  # name -> (model, data, settings): a VAE (MLP and conv), an MLP GAN (no batch norm), a DDPM, a two-stage VQ-VAE
     "vae": ("vae", "digits", {}),
+    "vae-conv": ("vae", "digits", {"model.network": "conv", "model.width": 8, "train.sample_every": 0}),  # channels_last
     "gan": ("gan", "ring8", {}),
     "ddpm": ("ddpm", "digits", {"model.width": 16, "train.sample_every": 0}),
     "vqvae": ("vqvae", "digits", {"model.vqvae_epochs": 1, "model.num_codes": 32, "train.sample_every": 0}),

@@ -136,6 +136,16 @@ def test_loss_is_finite_and_gradients_reach_every_parameter(name):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def test_the_model_trains_in_the_memory_format_it_asks_for(name):
+    """train.memory_format=auto puts the model in ``memory_format()``: its weights must take that
+    layout (channels_last is for 4-D weights; a 3-D conv net's 5-D weights refuse it)."""
+    model, data = build(name)
+    model.to(memory_format=model.memory_format())
+    out = model.loss(data.tensors(8), model.phases()[0].name, Progress())
+    assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_sample_shape_save_load_and_determinism(name, tmp_path):
     model, data = build(name)
     model.eval()

@@ -96,22 +96,29 @@ def test_phase_epochs_switch_stages():
     assert phases == ["critic"] * 8 + ["generator"] * 8
 
 
-def vae_trainer(run_dir, data=None, epochs=3, **train):
+def vae_trainer(run_dir, data=None, epochs=3, network="mlp", **train):
     from dgm.models import create
 
     data = data if data is not None else image_dataset(n=200, representation="binary-dynamic")
     torch.manual_seed(0)
-    model = create("vae", data.spec, latent_dim=4, hidden=(32,), likelihood="bernoulli")
+    model = create("vae", data.spec, latent_dim=4, hidden=(32,), likelihood="bernoulli", network=network, width=8)
     config = TrainConfig(**{"epochs": epochs, "batch_size": 32, "progress": False, "log_every": 2, "ema": 0.9,
                             "device": "cpu", "sample_every": 0, **train})
     return Trainer(model, data, config, run_dir=run_dir)
 
 
-def test_interrupted_run_resumes_on_the_same_loss_curve(tmp_path):
-    full = vae_trainer(tmp_path / "full")
+# conv: its weights train in channels_last, read back contiguous from the checkpoint (the optimiser's
+# moments must be put back in their parameters' layout for the fused step)
+@pytest.mark.parametrize("network", ["mlp", "conv"])
+def test_interrupted_run_resumes_on_the_same_loss_curve(tmp_path, network):
+    full = vae_trainer(tmp_path / "full", network=network)
     full.fit()
+    if network == "conv":
+        kernels = [w for w in full.model.parameters() if w.dim() == 4]
+        assert kernels and all(w.is_contiguous(memory_format=torch.channels_last) for w in kernels)
+        assert not all(w.is_contiguous() for w in kernels)
 
-    cut = vae_trainer(tmp_path / "cut")
+    cut = vae_trainer(tmp_path / "cut", network=network)
     original_loss = cut.model.loss
     calls = {"n": 0}
 
@@ -126,7 +133,7 @@ def test_interrupted_run_resumes_on_the_same_loss_curve(tmp_path):
         cut.fit()
     assert cut.position.step == 9
 
-    resumed = vae_trainer(tmp_path / "cut")  # a fresh process would build everything anew
+    resumed = vae_trainer(tmp_path / "cut", network=network)  # a fresh process would build everything anew
     resumed.fit(resume=True)
     a, b = read_csv(tmp_path / "full" / "metrics.csv"), read_csv(tmp_path / "cut" / "metrics.csv")
     assert [r["step"] for r in a] == [r["step"] for r in b]
@@ -138,6 +145,26 @@ def test_interrupted_run_resumes_on_the_same_loss_curve(tmp_path):
     wb = ckpt.load_tensors(tmp_path / "cut" / ckpt.EMA_WEIGHTS)
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_trains_the_same_run_as_contiguous(tmp_path):
+    """train.memory_format changes the layout, not the arithmetic: the conv VAE's curve and weights
+    agree to float tolerance in both layouts (auto is channels_last for it, contiguous for the MLP)."""
+    runs = {f: vae_trainer(tmp_path / f, network="conv", epochs=1, memory_format=f) for f in ("contiguous", "channels_last")}
+    for t in runs.values():
+        t.fit()
+    a, b = (read_csv(tmp_path / f / "metrics.csv") for f in runs)
+    assert len(a) == len(b) > 1
+    for ra, rb in zip(a, b):
+        for key in ra:
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), (key, ra["step"])
+    weights = {f: t.model.state_dict() for f, t in runs.items()}
+    for k in weights["contiguous"]:
+        torch.testing.assert_close(weights["contiguous"][k], weights["channels_last"][k], rtol=1e-4, atol=1e-5)
+    kernels = {f: [w for w in t.model.parameters() if w.dim() == 4] for f, t in runs.items()}
+    assert all(w.is_contiguous() for w in kernels["contiguous"])
+    assert not all(w.is_contiguous() for w in kernels["channels_last"])
+    assert vae_trainer(tmp_path / "mlp", network="mlp").model.memory_format() == torch.contiguous_format
 
 
 NOISY_MODELS = {  # a model per source of training noise: the run's generator must feed them all
@@ -542,3 +569,13 @@ def test_a_resumed_run_keeps_its_rows_and_config_json_follows_the_checkpoint(tmp
     assert cli("train", "vae", *RUN, "--epochs", 3, "--out", straight) == 0
     assert (run / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
     assert_same_weights(run, straight)
+
+
+def test_channels_last_for_a_3d_conv_net_is_refused_with_one_line():
+    from dgm.data import load
+    from dgm.models import create
+
+    data = load("voxels", "test", representation="binary-static").subset(8)
+    model = create("voxel-vae", data.spec)
+    with pytest.raises(DgmError, match="memory_format=auto"):
+        Trainer(model, data, TrainConfig(epochs=1, memory_format="channels_last", progress=False, device="cpu"))

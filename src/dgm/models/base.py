@@ -242,6 +242,13 @@ class GenerativeModel(nn.Module):
         return spec.representation
 
     # -- training --------------------------------------------------------------------------------
+    def memory_format(self) -> torch.memory_format:
+        """The layout of 4-D weights (and so of activations) this model trains fastest in, which
+        ``train.memory_format=auto`` takes: contiguous (NCHW) by default. A conv net whose step is
+        faster in channels_last (NHWC, oneDNN's native layout) returns that; measured per network,
+        since attention and group norm over NHWC can be slower (benchmarks/mfu.py)."""
+        return torch.contiguous_format
+
     def phases(self) -> list[Phase]:
         """The players of training; one phase over all parameters by default."""
         return [Phase("model", list(self.parameters()))]

@@ -57,7 +57,7 @@ from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Phase, Progress, capability, randint, randn, register
 from dgm.models.refusals import class_labels, refuse_partial_labels, refuse_unlabelled, refuse_variable_length
-from dgm.models.vae import PADDING_REASON, VAE, VAEConfig, emit, likelihood_of
+from dgm.models.vae import PADDING_REASON, VAE, VAEConfig, emit, likelihood_of, mlp_activation
 from dgm.nn import MLP, diagonal_gaussian, normal_kl
 from dgm.settings import NonNegativeFloat, PositiveFloat, PositiveInt, Range
 
@@ -166,8 +166,9 @@ class CVAE(ClassConditional, VAE):
         super().__init__(config, spec)  # the VAE's likelihood and checks; its networks are replaced here
         k, d = spec.num_classes, config.latent_dim
         out_shape = self.likelihood.params_shape
-        self.encoder = MLP(spec.dim + k, config.hidden, 2 * d)  # q(z|x,y) on v = [flatten(x), one_hot(y)]
-        self.decoder = nn.Sequential(MLP(d + k, tuple(reversed(config.hidden)), math.prod(out_shape)),
+        act = mlp_activation(config)
+        self.encoder = MLP(spec.dim + k, config.hidden, 2 * d, activation=act)  # q(z|x,y) on v = [flatten(x), one_hot(y)]
+        self.decoder = nn.Sequential(MLP(d + k, tuple(reversed(config.hidden)), math.prod(out_shape), activation=act),
                                      nn.Unflatten(1, out_shape))  # p(x|y,z) on [z, one_hot(y)]
 
     # --- the pair v = (x, y) that the VAE's objective passes around as its "x" --------------------

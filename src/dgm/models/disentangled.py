@@ -72,7 +72,7 @@ from dgm.errors import DgmError
 from dgm.models.base import GenerativeModel, Loss, Progress, capability, randn, register
 from dgm.models.conditional_vae import refuse_conv
 from dgm.models.refusals import class_labels, refuse_partial_labels
-from dgm.models.vae import VAE, VAEConfig, emit
+from dgm.models.vae import VAE, VAEConfig, emit, mlp_activation
 from dgm.nn import MLP, diagonal_gaussian, normal_kl, normal_log_prob
 from dgm.nn.likelihoods import sample_categorical
 from dgm.settings import NonNegativeFloat, PositiveFloat, PositiveInt
@@ -219,7 +219,7 @@ class IDVAE(VAE):
         super().__init__(config, spec)  # the VAE's likelihood and networks for x
         d = config.latent_dim
         if config.encoder_input == "x+u":  # q_phi(z|x,u) on [flatten(x), u], as the CVAE's encoder
-            self.encoder = MLP(spec.dim + aux_dim, config.hidden, 2 * d)
+            self.encoder = MLP(spec.dim + aux_dim, config.hidden, 2 * d, activation=mlp_activation(config))
         self.prior_encoder = MLP(aux_dim, config.prior_hidden, 2 * d)  # q_psi(z|u): mean, log-variance
         self.prior_decoder = MLP(d, tuple(reversed(config.prior_hidden)), aux_dim)  # p(u|z'): mean or logits
         if config.auxiliary == "factors":  # index k of a factor of K values -> k / (K - 1) in [0, 1]

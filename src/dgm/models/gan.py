@@ -218,6 +218,10 @@ class GAN(GenerativeModel):
     def num_classes(self) -> int | None:
         return self.spec.num_classes if self.config.conditional != "none" else None
 
+    def memory_format(self) -> torch.memory_format:
+        # the DCGAN step: 1.11x faster in bf16 and 1.07x in fp32 in channels_last (benchmarks/mfu.py)
+        return torch.channels_last if self.network == "dcgan" else torch.contiguous_format
+
     # --- networks ---------------------------------------------------------------------------------
     @property
     def generator_input_dim(self) -> int:

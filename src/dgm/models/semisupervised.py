@@ -78,7 +78,7 @@ ALPHA = 10.0
 
 #: the VAE's settings that M2 and the partially supervised VAE do not take (their objective is
 #: their paper's bound, on MLP networks); M1+M2 passes them to its M1
-VAE_ONLY_SETTINGS = ("network", "beta", "kl_warmup_steps", "free_bits", "iwae_k")
+VAE_ONLY_SETTINGS = ("network", "activation", "beta", "kl_warmup_steps", "free_bits", "iwae_k")
 
 
 @dataclass

@@ -200,7 +200,7 @@ def average_gradients(parameters: list[torch.nn.Parameter], world: World) -> Non
     offset = 0
     for p, g in zip(params, grads):
         n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
+        p.grad = g.copy_(flat[offset:offset + n].view(g.shape))  # in place: g keeps its layout (channels_last)
         offset += n
 
 
