@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import image_dataset
 
 from dgm import data
 from dgm.data import files, sources
@@ -373,3 +374,11 @@ def test_unreadable_npz(tmp_path: Path):
     np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(DgmError, match="objects.npz"):
         data.load(f"npz:{tmp_path / 'objects.npz'}")
+
+
+def test_a_moved_split_keeps_its_fixed_binarization_without_drawing_it_again():
+    data = image_dataset(n=64, representation="binary-static")
+    x = data.tensors().x
+    moved = data.to("cpu")
+    assert moved._static is not None  # carried over: a trainer's copy does not draw 60,000 x 784 again
+    assert torch.equal(moved.tensors().x, x)

@@ -222,8 +222,12 @@ class Dataset:
                        captions=g(self.captions), labelled_per_batch=self.labelled_per_batch)
 
     def to(self, device: str | torch.device) -> Dataset:
-        """The same split with its tensors on ``device``."""
-        return self._map(lambda t: t.to(device))
+        """The same split with its tensors on ``device`` (and its fixed binarization, if drawn: it
+        is not drawn again)."""
+        moved = self._map(lambda t: t.to(device))
+        if self._static is not None:
+            moved._static = self._static.to(device)
+        return moved
 
     def with_representation(self, representation: str) -> Dataset:
         """The same tensors presented in another representation (no copy)."""
