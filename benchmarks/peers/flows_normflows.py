@@ -1,6 +1,6 @@
 """normflows' MAF and RealNVP on the Fashion-MNIST flow workload of ``flows_common.py`` (784-d, dequantized,
 logit alpha 0.05; Adam 1e-3, wall-clock budget; test bits/dim): run in the separate environment that
-``setup_flows.sh`` makes (normflows next to torch 2.13.0+cpu; no torchvision), prints one JSON line.
+``setup_flows.sh`` (``setup.sh``) makes (normflows next to torch 2.13.0+cpu; no torchvision), prints one JSON line.
 
     bash benchmarks/peers/setup_flows.sh /tmp/flowpeers
     /tmp/flowpeers/bin/python benchmarks/peers/flows_normflows.py --model realnvp --seconds 60 --precision fp32
