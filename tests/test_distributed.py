@@ -25,8 +25,8 @@ pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.
 WORKER = Path(ddp_worker.__file__)
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+def torchrun(*args: str, nproc: int = 2, timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                            str(nproc), *args], capture_output=True, text=True, timeout=timeout, env=env)
@@ -85,6 +85,30 @@ def test_a_single_process_checkpoint_resumes_under_two(tmp_path: Path, one_proce
     done = torchrun("-m", "dgm", "train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     close(tmp_path / "r", one_process / "vae")
+
+
+def test_two_processes_share_an_evaluation_and_give_the_numbers_of_one(tmp_path: Path) -> None:
+    """``torchrun -m dgm eval``: each process computes every second batch of IWAE bounds, ELBOs and
+    posterior statistics and every second batch of samples and features (each from its own seed);
+    the gathered results equal one process's, and rank 0 alone prints and records them."""
+    run.train(ddp_worker.config("vae", **{"train.epochs": 1}), tmp_path / "r")
+    # 300 examples: 4 batches of IWAE k=100 bounds; 1200 samples: 3 batches (2 for rank 0, 1 for rank 1)
+    flags = ["--metrics", "nll,elbo,posterior_collapse,fid,kid", "--k", "100", "--max-examples", "300",
+             "--num-samples", "1200", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = torchrun("-m", "dgm", "eval", str(tmp_path / "r"), *flags, "--json", str(tmp_path / "two.json"),
+                    env={**env, "DGM_CACHE": str(tmp_path / "cache2")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("qualifier") == 1  # one table: rank 0's
+    single = subprocess.run([sys.executable, "-m", "dgm", "eval", str(tmp_path / "r"), *flags,
+                             "--json", str(tmp_path / "one.json")], capture_output=True, text=True, timeout=300,
+                            env={**env, "OMP_NUM_THREADS": "1", "DGM_CACHE": str(tmp_path / "cache1")})
+    assert single.returncode == 0, single.stderr[-3000:]
+    two, one = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("two", "one"))
+    assert [r["metric"] for r in two] == [r["metric"] for r in one] and len(one) >= 6
+    for a, b in zip(two, one):
+        assert a["value"] == pytest.approx(b["value"], rel=1e-6, abs=1e-9), a["metric"]
+    assert len(list((tmp_path / "cache2").glob("*.safetensors"))) == 1  # the test split's features, written once
 
 
 def errors(done: subprocess.CompletedProcess) -> list[str]:
@@ -174,3 +198,37 @@ def test_the_world_comes_from_torchrun_s_environment(monkeypatch: pytest.MonkeyP
     assert distributed.backend_for(torch.device("cpu"), "auto") == "gloo"
     with pytest.raises(WorldError, match="unknown train.backend"):
         distributed.backend_for(torch.device("cpu"), "mpi")
+
+
+def test_spread_work_comes_back_in_order_with_each_piece_s_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five pieces over two processes (3 and 2 each): gathered in the order of the pieces, and piece i
+    draws the same random numbers in the process that computes it as in one process."""
+    from dgm.eval import core
+    from dgm.eval.core import EvalContext
+
+    data = run.load_data(ddp_worker.config("vae"), "test").subset(4)
+
+    def draw(piece: int) -> tuple[int, torch.Tensor]:
+        return piece, torch.rand(3)
+
+    whole = EvalContext(data, progress=False).spread(range(5), draw, total=5)
+
+    class Gathered(Exception):
+        pass
+
+    shares: list[list] = []
+
+    def record(value: list, world: World) -> list:  # each process's own list, as it would enter all_gather
+        shares.append(value)
+        raise Gathered
+
+    monkeypatch.setattr(core, "gather", record)
+    for r in range(2):
+        with pytest.raises(Gathered):
+            EvalContext(data, progress=False, world=World(r, 2)).spread(range(5), draw, total=5)
+    assert [[i for i, _ in share] for share in shares] == [[0, 2, 4], [1, 3]]
+    monkeypatch.setattr(core, "gather", lambda value, world: shares)  # what all_gather returns to every process
+    together = EvalContext(data, progress=False, world=World(1, 2)).spread(range(5), draw, total=5)
+    assert [i for i, _ in together] == [0, 1, 2, 3, 4]
+    for (_, a), (_, b) in zip(together, whole):
+        assert torch.equal(a, b)

@@ -202,23 +202,43 @@ def run_model_class(argv: Sequence[str], command: str):  # noqa: ANN201
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a run; under torchrun the processes share the work (each computes its share of the
+    bounds, samples and features: dgm.eval.EvalContext.spread) and rank 0 prints and records."""
+    import json
+
+    import torch
+
     from dgm import run
     from dgm.eval import evaluate, results_table
     from dgm.eval.core import record_results
     from dgm.report import write_report
+    from dgm.train import distributed
     from dgm.train.checkpoint import save_json
 
     json_out = output_path(args.json) if args.json else None  # fail before the evaluation, not after
-    model = run.load(args.run)
-    config, _ = run.read_config(args.run)
-    data = run.load_data(config, args.split)
-    if args.max_examples:
-        data = data.subset(args.max_examples)
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    results = evaluate(model, data, metrics, train=run.load_data(config, "train"), k=args.k,
-                       num_samples=args.num_samples, feature_net=args.feature_net,
-                       inception_weights=args.inception_weights, kid_subset_size=args.kid_subset_size,
-                       progress=not args.quiet)
+    world = distributed.launched()
+    owned = world.active and not distributed.connected()
+    if world.active:  # the model is evaluated on the CPU: gloo
+        distributed.connect(world, torch.device("cpu"), "auto")
+    try:  # a process that stops, for any reason, leaves the group cleanly and frees the others
+        if world.active:
+            given = {k: v for k, v in vars(args).items() if k != "fn"}
+            distributed.check_same(world, "evaluation settings", json.dumps(given, sort_keys=True, default=str))
+        model = run.load(args.run)
+        config, _ = run.read_config(args.run)
+        data = run.load_data(config, args.split)
+        if args.max_examples:
+            data = data.subset(args.max_examples)
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+        results = evaluate(model, data, metrics, train=run.load_data(config, "train"), k=args.k,
+                           num_samples=args.num_samples, feature_net=args.feature_net,
+                           inception_weights=args.inception_weights, kid_subset_size=args.kid_subset_size,
+                           progress=not args.quiet and world.writes, world=world)
+    finally:
+        if owned:
+            distributed.disconnect()
+    if not world.writes:  # one of several processes: rank 0 prints and records the results
+        return 0
     print(results_table(results))
     record_results(args.run, results)  # beside the run's earlier results of other metrics
     if json_out is not None:

@@ -14,6 +14,7 @@ from torch import Tensor
 from dgm.data.core import DataSpec, Dataset
 from dgm.errors import DgmError, unknown_name
 from dgm.models.base import GenerativeModel, capabilities
+from dgm.train.distributed import SINGLE, World, gather
 
 
 T = TypeVar("T")
@@ -71,6 +72,7 @@ class EvalContext:
     kid_subset_size: int | None = None  # None: min(1000, the smaller set)
     seed: int = 0
     progress: bool = True
+    world: World = SINGLE  # the processes sharing the work (torchrun): each takes every size-th piece
     shared: dict[str, Any] = field(default_factory=dict)  # samples and features computed once
 
     @property
@@ -92,11 +94,60 @@ class EvalContext:
         for batch in progress_bar(iterator, enabled=self.progress, total=total, desc=desc):
             yield batch.x, ({} if batch.mask is None else {"mask": batch.mask})
 
+    def spread(self, pieces: Iterable[T], compute: Callable[[T], Any], *, total: int, desc: str = "",
+               unit: str = "batch") -> list[Any]:
+        """``[compute(piece) for piece in pieces]``, the work shared by the processes of the
+        evaluation: piece i is computed by process ``i mod N`` and the results are gathered, in order,
+        in every process. Each piece runs under its own seed (from ``seed`` and i), so the numbers are
+        the same whether one process or several compute them."""
+        world = self.world
+        own = ((i, piece) for i, piece in enumerate(pieces) if i % world.size == world.rank)
+        mine: list[Any] = []
+        for i, piece in progress_bar(own, enabled=self.progress, total=len(range(world.rank, total, world.size)),
+                                     desc=desc, unit=unit):
+            with torch.random.fork_rng(devices=self._cuda_devices()):
+                torch.manual_seed(self.piece_seed(i))
+                out = compute(piece)
+            mine.append(cpu(out) if world.active else out)  # gathered by pickling: CPU tensors only
+        if not world.active:
+            return mine
+        every = gather(mine, world)  # every[r][j]: piece j * N + r
+        return [every[i % world.size][i // world.size] for i in range(total)]
+
+    def per_example(self, compute: Callable[..., Any], batch_size: int | None = None, desc: str = "") -> Any:
+        """``compute(x, **options)`` (a tensor with a row per example, or a tuple of them) over the
+        whole split, concatenated in order, on the evaluation's device: the split's batches spread
+        over the processes (:meth:`spread`). ``options`` holds the ``mask`` of padded data."""
+        size = batch_size or self.batch_size
+        iterator = self.data.batches(size, generator=torch.Generator().manual_seed(0))
+        values = self.spread(iterator, lambda batch: compute(batch.x, **({} if batch.mask is None
+                                                                          else {"mask": batch.mask})),
+                             total=self.data.num_batches(size), desc=desc)
+        if values and isinstance(values[0], tuple):  # several values per example: each concatenated
+            return tuple(torch.cat([v[j].to(self.data.device) for v in values]) for j in range(len(values[0])))
+        return torch.cat([v.to(self.data.device) for v in values])
+
+    def piece_seed(self, i: int) -> int:
+        """The seed of piece ``i`` of a spread computation (:meth:`spread`)."""
+        return self.seed * 1_000_003 + i + 1
+
+    def _cuda_devices(self) -> list[int]:
+        return [self.data.device.index or 0] if self.data.device.type == "cuda" else []
+
     def once(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` the first time ``key`` is asked for, the stored value after."""
         if key not in self.shared:
             self.shared[key] = compute()
         return self.shared[key]
+
+
+def cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (also inside tuples and lists) moved to the CPU."""
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if isinstance(value, (tuple, list)):
+        return type(value)(cpu(v) for v in value)
+    return value
 
 
 @dataclass
@@ -252,7 +303,8 @@ def announce(model: GenerativeModel, names: Sequence[str], ctx: EvalContext) -> 
 def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | None = None, *,
              train: Dataset | None = None, k: int = 1000, batch_size: int = 256, num_samples: int = 10000,
              feature_net: str | None = None, inception_weights: str | None = None,
-             kid_subset_size: int | None = None, seed: int = 0, progress: bool = True) -> list[Result]:
+             kid_subset_size: int | None = None, seed: int = 0, progress: bool = True,
+             world: World = SINGLE) -> list[Result]:
     """Compute ``metrics`` (default: every default metric the model supports) of ``model`` on ``data``.
 
     Args:
@@ -268,6 +320,10 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
         seed: seeds all Monte Carlo noise and sampling, so results are reproducible.
         progress: first print what each metric will compute and roughly how long it will take
             (timed on a first batch), then show a progress bar for every long phase.
+        world: the processes of a torchrun launch that share the evaluation (every process calls
+            ``evaluate`` alike): each computes its share of the examples' bounds and of the samples and
+            their features (:meth:`EvalContext.spread`), and every process returns the same results,
+            equal to one process's.
 
     Example:
         >>> results = dgm.evaluate(model, test, ["nll", "posterior_collapse"], k=1000)
@@ -295,7 +351,7 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
     ctx = EvalContext(data.to(model.device), None if train is None else train.to(model.device), k=k,
                       batch_size=batch_size, num_samples=num_samples, feature_net=feature_net,
                       inception_weights=inception_weights, kid_subset_size=kid_subset_size, seed=seed,
-                      progress=progress)
+                      progress=progress, world=world)
     was_training = model.training
     model.eval()
     if progress:

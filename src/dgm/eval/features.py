@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from dgm.data.core import DataSpec
 from dgm.errors import DgmError, unknown_name
 from dgm.eval.fidelity import GaussianStats, frechet_distance
+from dgm.train.distributed import SINGLE, World, gather
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 EMBEDDING_DROPOUT = 0.2  # dropout before the feature layer of the domain classifiers (in training only)
@@ -254,22 +255,35 @@ def cache_path(extractor: FeatureExtractor, images: Tensor, key: str) -> Path:
 
 
 def cached_features(extractor: FeatureExtractor, images: Tensor, key: str, *, progress: bool = False,
-                    desc: str = "features") -> tuple[Tensor, Tensor]:
+                    desc: str = "features", compute: Callable[[], tuple[Tensor, Tensor]] | None = None,
+                    world: World = SINGLE) -> tuple[Tensor, Tensor]:
     """Features and probabilities of ``images``, cached on disk (see :func:`cache_path`); computed
-    with a progress bar when ``progress``."""
+    with a progress bar when ``progress``, by ``compute()`` when given (the work spread over the
+    processes of ``world``, which agree on whether the cache serves them all; rank 0 writes it)."""
     path = cache_path(extractor, images, key)
-    if path.exists():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    stored = read_cache(path)
+    if world.active and not all(gather(stored is not None, world)):  # one process's disk lacks it: all compute
+        stored = None
+    if stored is not None:
+        return stored
+    features, probs = compute() if compute is not None else extractor(images, progress=progress, desc=desc)
+    if world.writes:
+        from dgm.train.checkpoint import save_tensors
 
-        try:
-            stored = load_file(str(path))
-            return stored["features"], stored["probs"]
-        except (SafetensorError, OSError, KeyError):
-            pass  # a damaged cache file is recomputed and replaced
-    features, probs = extractor(images, progress=progress, desc=desc)
-    from dgm.train.checkpoint import save_tensors
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors({"features": features, "probs": probs}, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors({"features": features, "probs": probs}, path)
     return features, probs
+
+
+def read_cache(path: Path) -> tuple[Tensor, Tensor] | None:
+    """The features and probabilities cached at ``path``; None when missing or damaged (recomputed)."""
+    if not path.exists():
+        return None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        stored = load_file(str(path))
+        return stored["features"], stored["probs"]
+    except (SafetensorError, OSError, KeyError):
+        return None

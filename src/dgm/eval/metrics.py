@@ -64,15 +64,14 @@ def per_unit_results(name: str, log_px: Tensor, qualifier: str, model: Generativ
 def iwae_log_px(model: GenerativeModel, ctx: EvalContext, k: int) -> Tensor:
     chunk = min(k, 500)
     batch = max(1, IWAE_SAMPLES_PER_PASS // chunk)
-    return ctx.once(f"iwae-{k}", lambda: torch.cat([model.iwae_bound(x, k, chunk=chunk, **options)
-                                                    for x, options in ctx.inputs(batch, f"IWAE k={k}")]))
+    return ctx.once(f"iwae-{k}", lambda: ctx.per_example(lambda x, **options: model.iwae_bound(x, k, chunk=chunk, **options),
+                                                         batch, f"IWAE k={k}"))
 
 
 def elbo_log_px(model: GenerativeModel, ctx: EvalContext) -> Tensor:
     """The ELBO of every example, computed once per evaluation (``nll`` of a model without a tighter
     bound and ``elbo`` share it: for a diffusion model it is T network calls per example)."""
-    return ctx.once("elbo", lambda: torch.cat([model.elbo(x, **options)
-                                               for x, options in ctx.inputs(desc=model.elbo_description)]))
+    return ctx.once("elbo", lambda: ctx.per_example(model.elbo, desc=model.elbo_description))
 
 
 def first_examples(ctx: EvalContext, n: int) -> Tensor:
@@ -120,7 +119,7 @@ def nll_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
 def nll(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     have = capabilities(model)
     if "log_prob" in have:
-        log_px = torch.cat([model.log_prob(x, **options) for x, options in ctx.inputs(desc="log p(x)")])
+        log_px = ctx.per_example(model.log_prob, desc="log p(x)")
         return likelihood_results("nll", log_px, model.log_prob_description, model, ctx)
     if "iwae_bound" in have:
         return likelihood_results("nll", iwae_log_px(model, ctx, ctx.k), f"bound (IWAE k={ctx.k})", model, ctx)
@@ -166,12 +165,10 @@ def posterior_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
 @metric("posterior_collapse", requires=("kl_per_dim", "encode"),
         description="KL per latent dimension and active units (Burda et al. 2016)", plan=posterior_plan)
 def posterior_collapse(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
-    kl_rows, means = [], []
-    for x in ctx.batches(desc="posterior"):
-        kl_rows.append(model.kl_per_dim(x).double())
-        means.append(model.encode(x).double())
-    kl = torch.cat(kl_rows).mean(0)  # (latent_dim,)
-    count, activity = active_units(torch.cat(means))
+    kl_rows, means = ctx.per_example(lambda x, **_: (model.kl_per_dim(x).double(), model.encode(x).double()),
+                                     desc="posterior")
+    kl = kl_rows.mean(0)  # (latent_dim,)
+    count, activity = active_units(means)
     dims = len(kl)
     return [
         Result("kl", kl.sum().item(), "nats", model.kl_description, ctx.split,
@@ -191,7 +188,7 @@ def kl_per_layer_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
 @metric("kl_per_layer", requires=("kl_per_layer",), description="KL term of each stochastic layer of a "
         "hierarchical VAE (layer 1 next to the data), nats: which layers the model uses", plan=kl_per_layer_plan)
 def kl_per_layer(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
-    kl = torch.cat([model.kl_per_layer(x).double() for x in ctx.batches(desc="KL per layer")])  # (N, L)
+    kl = ctx.per_example(lambda x, **_: model.kl_per_layer(x).double(), desc="KL per layer")  # (N, L)
     n, layers = kl.shape
     stderr = kl.std(0) / math.sqrt(n) if n > 1 else torch.zeros(layers, dtype=kl.dtype)
     return [Result(f"kl_layer{i + 1}", kl[:, i].mean().item(), "nats",

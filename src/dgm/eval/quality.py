@@ -15,7 +15,7 @@ from torch import Tensor
 from dgm.data.core import DataSpec, Dataset, to_unit
 from dgm.errors import DgmError
 from dgm.eval.core import EvalContext, Plan, Result, Work, metric, progress_bar
-from dgm.eval.features import FeatureExtractor, cache_path, cached_features, feature_extractor
+from dgm.eval.features import FEATURE_BATCH, FeatureExtractor, cache_path, cached_features, feature_extractor
 from dgm.eval.fidelity import GaussianStats, frechet_distance, inception_score, kid, precision_recall
 from dgm.models.base import GenerativeModel
 
@@ -24,16 +24,18 @@ SAMPLE_BATCH = 500
 
 # --- what the metrics share ------------------------------------------------------------------------
 def samples(model: GenerativeModel, ctx: EvalContext) -> Tensor:
-    """``ctx.num_samples`` samples of the model (seeded), in its data representation, on the CPU."""
+    """``ctx.num_samples`` samples of the model, in its data representation, on the CPU: drawn in
+    batches of :data:`SAMPLE_BATCH`, each from its own seed (:meth:`EvalContext.spread`: shared by
+    the processes of a torchrun launch, the same samples however many draw them)."""
 
     def draw() -> Tensor:
-        generator = torch.Generator(device=model.device).manual_seed(ctx.seed)
-        out = []
-        starts = range(0, ctx.num_samples, SAMPLE_BATCH)
-        bar = progress_bar(starts, enabled=ctx.progress, total=len(starts), desc=f"sampling {ctx.num_samples}")
-        for lo in bar:
-            out.append(model.sample(min(SAMPLE_BATCH, ctx.num_samples - lo), generator=generator).cpu())
-        return torch.cat(out)
+        sizes = [min(SAMPLE_BATCH, ctx.num_samples - lo) for lo in range(0, ctx.num_samples, SAMPLE_BATCH)]
+
+        def one(size: int) -> Tensor:
+            generator = torch.Generator(device=model.device).manual_seed(torch.initial_seed())  # the batch's seed
+            return model.sample(size, generator=generator).cpu()
+
+        return torch.cat(ctx.spread(sizes, one, total=len(sizes), desc=f"sampling {ctx.num_samples}"))
 
     return ctx.once("samples", draw)
 
@@ -42,6 +44,14 @@ def extractor(model: GenerativeModel, ctx: EvalContext) -> FeatureExtractor:
     return ctx.once("extractor", lambda: feature_extractor(ctx.feature_net, model.spec,
                                                            inception_weights=ctx.inception_weights,
                                                            device=model.device))
+
+
+def features(net: FeatureExtractor, images: Tensor, ctx: EvalContext, desc: str) -> tuple[Tensor, Tensor]:
+    """``net(images)``: features and class probabilities, the batches shared by the processes."""
+    starts = range(0, len(images), FEATURE_BATCH)
+    parts = ctx.spread(starts, lambda lo: net(images[lo:lo + FEATURE_BATCH]), total=len(starts),
+                       desc=f"{desc} ({net.name})")
+    return torch.cat([f for f, _ in parts]), torch.cat([p for _, p in parts])
 
 
 def split_images(ctx: EvalContext, split: str) -> Tensor:
@@ -58,14 +68,18 @@ def cache_key(data: Dataset) -> str:
 
 def real_features(model: GenerativeModel, ctx: EvalContext, split: str = "test") -> tuple[Tensor, Tensor]:
     data = ctx.data if split == "test" else require_train(ctx)
-    return ctx.once(f"real-{split}",
-                    lambda: cached_features(extractor(model, ctx), split_images(ctx, split), cache_key(data),
-                                            progress=ctx.progress, desc=f"features of {split} data"))
+
+    def compute() -> tuple[Tensor, Tensor]:
+        net, images = extractor(model, ctx), split_images(ctx, split)
+        return cached_features(net, images, cache_key(data), world=ctx.world,
+                               compute=lambda: features(net, images, ctx, f"features of {split} data"))
+
+    return ctx.once(f"real-{split}", compute)
 
 
 def sample_features(model: GenerativeModel, ctx: EvalContext) -> tuple[Tensor, Tensor]:
-    return ctx.once("fake", lambda: extractor(model, ctx)(to_unit(samples(model, ctx), model.spec),
-                                                           progress=ctx.progress, desc="features of samples"))
+    return ctx.once("fake", lambda: features(extractor(model, ctx), to_unit(samples(model, ctx), model.spec), ctx,
+                                             "features of samples"))
 
 
 def require_train(ctx: EvalContext) -> Dataset:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -215,6 +216,18 @@ def average(values: Tensor, world: World) -> Tensor:
     return out / world.size
 
 
+def gather(value: Any, world: World) -> list[Any]:
+    """Every process's ``value`` (anything picklable: CPU tensors, lists of them), in rank order, in
+    every process."""
+    if not world.active:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, value)
+    return out
+
+
 def broadcast_state(module: torch.nn.Module, world: World, *, buffers_only: bool = False) -> None:
     """Give every process rank 0's parameters and buffers (or its buffers only)."""
     if not world.active:
@@ -228,4 +241,4 @@ def broadcast_state(module: torch.nn.Module, world: World, *, buffers_only: bool
 
 
 __all__ = ["BACKENDS", "SINGLE", "World", "WorldError", "average", "average_gradients", "backend_for", "barrier", "broadcast_state",
-           "check_batch", "check_same", "connect", "connected", "disconnect", "launched", "shard"]
+           "check_batch", "check_same", "connect", "connected", "disconnect", "gather", "launched", "shard"]
