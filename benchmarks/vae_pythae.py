@@ -1,4 +1,4 @@
-"""Benchmark: dgm's VAE beside pythae's, on pythae's default MLP VAE, in one run.
+"""Benchmark: dgm's VAE beside pythae's, on pythae's default MLP VAE (or dgm's conv VAE), in one run.
 
 The network is pythae's default (``Encoder_VAE_MLP`` / ``Decoder_AE_MLP``: 784-512-ReLU-(16, 16)
 and 16-512-ReLU-784-sigmoid, 829,232 parameters), which dgm builds as
@@ -18,8 +18,16 @@ Test NLL: the last run of each library is evaluated by one estimator, dgm's IWAE
 dgm's identical network), in fp32 with the same noise: after the same epochs, and at equal
 wall-clock.
 
+``--network conv``: dgm's default conv VAE (``model.network=conv``, width 32, latent 16: 1,373,985
+parameters), which the peer script declares in plain PyTorch under dgm's module names and hands to
+pythae as its encoder and decoder (a pythae user's custom networks); the weights map one to one.
+dgm trains it in channels_last (``train.memory_format=auto``), pythae in PyTorch's default layout.
+
     bash benchmarks/peers/setup.sh /tmp/pythae pythae==0.1.2
     python benchmarks/vae_pythae.py --peer-python /tmp/pythae/bin/python      # ~5 min on 2 CPU cores
+    python benchmarks/vae_pythae.py --peer-python /tmp/pythae/bin/python --network conv \
+        --max-examples 10000 --epochs 2 --k 100 --n-test 500                  # ~10 min
+    python benchmarks/vae_pythae.py --peer-python ... --device cuda           # the GPU variant, when one is lent
 """
 from __future__ import annotations
 
@@ -45,12 +53,16 @@ from dgm.train import TrainConfig, Trainer  # noqa: E402
 from trainer_throughput import cpu_name  # noqa: E402
 
 PEER = Path(__file__).parent / "peers" / "pythae_vae.py"
-NETWORK = {"hidden": (512,), "latent_dim": 16, "activation": "relu", "likelihood": "bernoulli"}
+NETWORKS = {"mlp": {"hidden": (512,), "latent_dim": 16, "activation": "relu", "likelihood": "bernoulli"},
+            "conv": {"network": "conv", "width": 32, "latent_dim": 16, "likelihood": "bernoulli"}}
 
 
-def pythae_to_dgm(weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """pythae's default MLP VAE's state dict under dgm's names (the two heads as one layer, mean first)."""
+def pythae_to_dgm(weights: dict[str, np.ndarray], network: str) -> dict[str, torch.Tensor]:
+    """pythae's VAE's state dict under dgm's names: the conv networks carry dgm's names already; the
+    default MLP's two heads become one layer, mean first."""
     w = {k: torch.from_numpy(v) for k, v in weights.items()}
+    if network == "conv":
+        return w
     return {"encoder.1.0.weight": w["encoder.layers.0.0.weight"], "encoder.1.0.bias": w["encoder.layers.0.0.bias"],
             "encoder.1.2.weight": torch.cat([w["encoder.embedding.weight"], w["encoder.log_var.weight"]]),
             "encoder.1.2.bias": torch.cat([w["encoder.embedding.bias"], w["encoder.log_var.bias"]]),
@@ -74,12 +86,13 @@ class Snapshots:
 
 def train_dgm(train: dgm.data.Dataset, precision: str, epochs: int, args: argparse.Namespace) -> Snapshots:
     torch.manual_seed(args.seed)
-    model = dgm.create("vae", train.spec, **NETWORK)
+    model = dgm.create("vae", train.spec, **NETWORKS[args.network])
     with tempfile.TemporaryDirectory() as tmp:
         snapshots = Snapshots()
         trainer = Trainer(model, train, TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr,
                                                     precision=precision, seed=args.seed, progress=False,
-                                                    device="cpu", sample_every=0), run_dir=tmp, callbacks=[snapshots])
+                                                    device=args.device, sample_every=0), run_dir=tmp,
+                          callbacks=[snapshots])
         snapshots.start = time.perf_counter()
         trainer.fit()
         return snapshots
@@ -88,7 +101,7 @@ def train_dgm(train: dgm.data.Dataset, precision: str, epochs: int, args: argpar
 def train_pythae(data_file: Path, weights_file: Path, args: argparse.Namespace) -> float:
     done = subprocess.run([args.peer_python, str(PEER), "--data", str(data_file), "--out", str(weights_file),
                            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-                           "--threads", str(args.threads), "--seed", str(args.seed)],
+                           "--threads", str(args.threads), "--seed", str(args.seed), "--network", args.network, "--device", args.device],
                           capture_output=True, text=True, env={**os.environ, **MALLOC})
     if done.returncode:
         sys.exit(f"the pythae run failed:\n{done.stderr[-3000:]}")
@@ -97,7 +110,7 @@ def train_pythae(data_file: Path, weights_file: Path, args: argparse.Namespace) 
 
 def test_nll(model: dgm.models.base.GenerativeModel, x: torch.Tensor, k: int) -> float:
     """-mean IWAE bound (nats) with ``k`` samples, the same noise for every model."""
-    model = model.float().eval()
+    model = model.float().cpu().eval()
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         bounds = [model.iwae_bound(x[i:i + 100], k, generator=generator) for i in range(0, len(x), 100)]
@@ -116,6 +129,9 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--k", type=int, default=1000, help="importance samples of the test bound")
     parser.add_argument("--max-examples", type=int, help="train on the first N images (quick runs)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU variant (both libraries)")
+    parser.add_argument("--network", choices=list(NETWORKS), default="mlp",
+                        help="pythae's default MLP, or dgm's conv networks in both libraries")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train = dgm.data.load("fashion-mnist", "train", representation="binary-static")
@@ -131,11 +147,11 @@ def main() -> None:
             for precision in ("fp32", "bf16"):  # twice the epochs: the snapshot at pythae's wall-clock
                 runs[f"dgm {precision}"].append(train_dgm(train, precision, 2 * args.epochs, args))
             pythae_seconds.append(train_pythae(data_file, weights_file, args))
-        peer = dgm.create("vae", train.spec, **NETWORK)
-        peer.load_state_dict(pythae_to_dgm(dict(np.load(weights_file, allow_pickle=False))))
+        peer = dgm.create("vae", train.spec, **NETWORKS[args.network])
+        peer.load_state_dict(pythae_to_dgm(dict(np.load(weights_file, allow_pickle=False)), args.network))
     n, budget = args.epochs * len(train), statistics.median(pythae_seconds)
-    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads; pythae's default "
-          f"MLP VAE ({sum(p.numel() for p in peer.parameters()):,} parameters), binarized Fashion-MNIST "
+    print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads; "
+          f"{'pythae' if args.network == 'mlp' else 'dgm'}'s default {args.network} VAE ({sum(p.numel() for p in peer.parameters()):,} parameters), binarized Fashion-MNIST "
           f"({len(train):,} images), batch {args.batch_size}, median of {args.repeats} alternating runs; test NLL: "
           f"IWAE k={args.k} on {len(x_test)} test images")
     print(f"| library | precision | seconds for {args.epochs} epochs | examples/s | dgm / pythae "
@@ -145,7 +161,7 @@ def main() -> None:
         seconds = statistics.median(s.seconds[args.epochs - 1] for s in snapshots)
         last = snapshots[-1]
         within = max((e for e, t in enumerate(last.seconds) if t <= budget), default=None)
-        model = dgm.create("vae", train.spec, **NETWORK)
+        model = dgm.create("vae", train.spec, **NETWORKS[args.network])
         model.load_state_dict(last.weights[args.epochs - 1])
         same_epochs = test_nll(model, x_test, args.k)
         at_budget = "| - | -"
