@@ -60,6 +60,7 @@ def main(base: Path) -> None:
         run.train(config(name), base / name)
     run.train(config("vae", **{"train.epochs": 1}), base / "resume")  # stopped after one of the two epochs
     run.train(config("vae"), base / "resume", resume=True)
+    run.train(config("vae", **{"train.epochs": 1}), base / "half")  # the test resumes it in one process
     dist.barrier()
     (base / f"writes-{rank}.json").write_text(json.dumps(writes))
     dist.destroy_process_group()

@@ -80,6 +80,11 @@ def test_resume_under_two_processes_keeps_the_curve(two_processes: Path, one_pro
     close(two_processes / "resume", one_process / "vae")  # one epoch, stopped, resumed to two
 
 
+def test_a_two_process_checkpoint_resumes_in_one(two_processes: Path, one_process: Path) -> None:
+    run.train(ddp_worker.config("vae"), two_processes / "half", resume=True)  # one epoch under two, the second alone
+    close(two_processes / "half", one_process / "vae")
+
+
 def test_a_single_process_checkpoint_resumes_under_two(tmp_path: Path, one_process: Path) -> None:
     run.train(ddp_worker.config("vae", **{"train.epochs": 1}), tmp_path / "r")
     done = torchrun("-m", "dgm", "train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--quiet")
