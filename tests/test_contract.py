@@ -46,6 +46,8 @@ TINY = {
     "csvae": {"latent_dim": 3, "w_dim": 2, "hidden": (16,), "adversary_hidden": (8,)},
     "beta-tc-vae": {"latent_dim": 3, "hidden": (16,)},
     "ladder-vae": {"latent_dims": (4, 3), "hidden": (16,)},
+    "iaf-vae": {"latent_dim": 3, "hidden": (16,), "iaf_hidden": (8,), "context_dim": 4},
+    "pixel-vae": {"latent_dim": 3, "hidden": (16,), "pixel_width": 4, "pixel_layers": 2},
     "lstm-lm": {"width": 8, "hidden": 16, "layers": 2},
     "transformer-lm": {"width": 8, "depth": 1, "heads": 2},
     "sentence-vae": {"latent_dim": 3, "width": 8, "hidden": 16},

@@ -25,6 +25,7 @@ from dgm.models import set_flow  # noqa: F401  (registers "set-flow", the exchan
 from dgm.models import classical  # noqa: F401  (PPCA, factor analysis, the Gaussian mixture)
 from dgm.models import conditional_vae, semisupervised  # noqa: F401  (CVAE, CSVAE; M2, M1+M2, the partially supervised VAE)
 from dgm.models import disentangled, ladder_vae, vqvae  # noqa: F401  (beta-TC-VAE, IDVAE; the ladder VAE; VQ-VAE)
+from dgm.models import iaf_vae, pixel_vae  # noqa: F401  (VAEs with an IAF posterior, with a PixelCNN decoder)
 from dgm.models import language  # noqa: F401  (the LSTM and transformer language models)
 from dgm.models import outline_gan  # noqa: F401  (text from a GAN over sentence embeddings)
 from dgm.models import sentence_vae  # noqa: F401  (the sentence VAE of Bowman et al. 2016)

@@ -278,6 +278,7 @@ class CSVAE(ClassConditional):
     # from self.encoder (and its mean as the code), fp32 decoder outputs, log p(x|h) for a decoder input h
     default_representation = VAE.__dict__["default_representation"]
     likelihood_kind = VAE.likelihood_kind
+    encoded = VAE.encoded
     posterior = VAE.posterior
     decoder_params = VAE.decoder_params
     log_likelihood = VAE.log_likelihood

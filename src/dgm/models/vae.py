@@ -124,11 +124,13 @@ class VAE(GenerativeModel):
             if not spec.is_image:
                 raise DgmError(f"network=conv needs image data, but {spec.name!r} has shape {spec.shape}: "
                                f"use --set model.network=mlp")
-            self.encoder = ConvEncoder(spec.shape, 2 * d, width=config.width, num_res_blocks=config.num_res_blocks)
+            self.encoder = ConvEncoder(spec.shape, self.encoder_features(config), width=config.width,
+                                       num_res_blocks=config.num_res_blocks)
             self.decoder = ConvDecoder(d, out_shape, width=config.width, num_res_blocks=config.num_res_blocks)
         else:
             act = mlp_activation(config)
-            self.encoder = nn.Sequential(nn.Flatten(), MLP(spec.dim, config.hidden, 2 * d, activation=act))
+            self.encoder = nn.Sequential(nn.Flatten(), MLP(spec.dim, config.hidden, self.encoder_features(config),
+                                                           activation=act))
             self.decoder = nn.Sequential(MLP(d, tuple(reversed(config.hidden)), math.prod(out_shape), activation=act),
                                          nn.Unflatten(1, out_shape))
 
@@ -150,9 +152,39 @@ class VAE(GenerativeModel):
         return "discrete" if self.likelihood.discrete else "density"
 
     # --- the two halves ---------------------------------------------------------------------------
+    @staticmethod
+    def encoder_features(config: VAEConfig) -> int:
+        """The encoder's outputs: the mean and log-variance of q(z|x) (a posterior that is refined
+        further asks for more: :class:`~dgm.models.iaf_vae.IAFVAE`'s context)."""
+        return 2 * config.latent_dim
+
+    def encoded(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean and log-variance of the Gaussian q(z|x), each ``(B, latent_dim)``, and the rest of
+        the encoder's output ``(B, encoder_features - 2 latent_dim)`` (empty for this VAE)."""
+        out = self.encoder(x if x.is_floating_point() else x.float())
+        d = self.config.latent_dim
+        mean, log_var = diagonal_gaussian(out[:, :2 * d])
+        return mean, log_var, out[:, 2 * d:]
+
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z|x), each ``(B, latent_dim)``."""
-        return diagonal_gaussian(self.encoder(x if x.is_floating_point() else x.float()))
+        return self.encoded(x)[:2]
+
+    def posterior_draws(self, x: Tensor, k: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``k`` draws z ~ q(z|x) per example, ``(k, B, latent_dim)``, and log q(z|x) of each latent
+        unit, the same shape (the units' sum is log q(z|x)). Noise is drawn as ``(k B, d)``,
+        sample-major, so a data-parallel process gets its examples' rows."""
+        mu, logvar = self.posterior(x)
+        B, d = mu.shape
+        eps = randn((k * B, d), like=mu, generator=generator).view(k, B, d)
+        z = mu + eps * (0.5 * logvar).exp()  # (k, B, d)
+        return z, normal_log_prob(z, mu, logvar)
+
+    def draw_with_kl(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """One draw z ~ q(z|x), ``(B, latent_dim)``, and the KL of every latent unit, ``(B, latent_dim)``:
+        analytic for this Gaussian posterior (AEVB app. B)."""
+        mu, logvar = self.posterior(x)
+        return self.reparameterize(mu, logvar, generator), self.analytic_kl(mu, logvar)
 
     def decoder_params(self, z: Tensor) -> Tensor:
         """The likelihood's parameters for codes ``z``, in at least float32: under bf16 autocast
@@ -180,10 +212,8 @@ class VAE(GenerativeModel):
         if c.iwae_k > 1:
             bound = self.iwae_bound(batch.x, c.iwae_k, chunk=c.iwae_k, generator=progress.generator)
             return Loss(-bound.mean(), {"iwae": bound.mean()})
-        mu, logvar = self.posterior(batch.x)
-        z = self.reparameterize(mu, logvar, progress.generator)
+        z, kl = self.draw_with_kl(batch.x, progress.generator)  # (B, latent_dim) each
         rec = self.log_likelihood(batch.x, z)  # (B,)
-        kl = self.analytic_kl(mu, logvar)  # (B, latent_dim)
         penalty, beta = weighted_kl(kl, beta=c.beta, free_bits=c.free_bits, warmup_steps=c.kl_warmup_steps,
                                     step=progress.step)
         elbo = rec - kl.sum(-1)
@@ -194,17 +224,14 @@ class VAE(GenerativeModel):
     # --- likelihood bounds ------------------------------------------------------------------------
     def elbo(self, x: Tensor) -> Tensor:
         """One-sample Monte Carlo ELBO with the analytic KL, nats, ``(B,)``."""
-        mu, logvar = self.posterior(x)
-        z = self.reparameterize(mu, logvar)
-        return self.log_likelihood(x, z) - self.analytic_kl(mu, logvar).sum(-1)
+        z, kl = self.draw_with_kl(x)
+        return self.log_likelihood(x, z) - kl.sum(-1)
 
     def log_weights(self, x: Tensor, k: int, *, generator: torch.Generator | None = None) -> Tensor:
         """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for z_i ~ q(z|x), ``(k, B)``."""
-        mu, logvar = self.posterior(x)
-        B, d = mu.shape
-        eps = randn((k, B, d), like=mu, generator=generator)
-        z = mu + eps * (0.5 * logvar).exp()  # (k, B, d)
-        log_q = normal_log_prob(z, mu, logvar).sum(-1)  # (k, B)
+        z, log_q = self.posterior_draws(x, k, generator=generator)  # (k, B, d) each
+        k, B, d = z.shape
+        log_q = log_q.sum(-1)  # (k, B)
         log_prior = normal_log_prob(z).sum(-1)  # (k, B)
         x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * B, *x.shape[1:])
         log_px = self.log_likelihood(x_rep, z.reshape(k * B, d)).view(k, B)

@@ -142,6 +142,29 @@ class Affine(Elementwise):
         return (y - params[..., 0]) * torch.exp(-s), -s
 
 
+class GatedAffine(Elementwise):
+    """``y = sigma * x + (1 - sigma) * m`` with ``sigma = sigmoid(s + gate_bias)``: the numerically
+    stable IAF step of Kingma et al. 2016 (arXiv:1606.04934, section 4 and algorithm 1, "LSTM-type"
+    update), ``log |dy/dx| = log sigma``. ``gate_bias`` starts sigma near 1 (the paper: "+1 or +2"),
+    so a conditioner that starts at zero starts each step close to the identity. Parameters:
+    ``(m, s)``."""
+
+    params_per_dim = 2
+
+    def __init__(self, gate_bias: float = 2.0) -> None:
+        self.gate_bias = gate_bias
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        gate = params[..., 1] + self.gate_bias
+        sigma = torch.sigmoid(gate)
+        return sigma * x + (1 - sigma) * params[..., 0], F.logsigmoid(gate)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        gate = params[..., 1] + self.gate_bias
+        sigma = torch.sigmoid(gate)
+        return (y - (1 - sigma) * params[..., 0]) / sigma, -F.logsigmoid(gate)
+
+
 def sum_per_example(t: Tensor) -> Tensor:
     """``t`` summed over every dimension but the first, ``(B,)``."""
     return t.reshape(t.shape[0], -1).sum(1)

@@ -178,10 +178,15 @@ class MaskedAutoregressive(Transform):
                          context_features=context_features, order=order)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        y, log_derivative = self.forward_per_dim(x, context)
+        return y, log_derivative.sum(1)
+
+    def forward_per_dim(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``y`` and the log-derivative of every dimension, ``(B, D)`` each (their sum is the
+        log-determinant): an IAF posterior counts its KL per latent unit from them."""
         # the bijection and its log-determinant in the data's dtype (float32 under bf16 autocast)
         params = self.made(x, context).to(x.dtype)  # (B, D, P), dimension d from x_<d
-        y, log_derivative = self.elementwise.forward(x, params)  # (B, D) each
-        return y, log_derivative.sum(1)
+        return self.elementwise.forward(x, params)  # (B, D) each
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         D = self.made.features
