@@ -76,6 +76,7 @@ def iter_apps() -> list[App]:
     import dgm.apps.classify, dgm.apps.manipulate, dgm.apps.restoration  # noqa: F401  (registers the built-in apps)
     import dgm.apps.probe  # noqa: F401
     import dgm.apps.compress  # noqa: F401
+    import dgm.apps.ood  # noqa: F401
 
     return list(APPS.values())
 
