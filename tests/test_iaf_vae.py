@@ -46,7 +46,7 @@ def test_log_q_is_the_change_of_variables_of_the_gaussian_draw() -> None:
     for s in range(2):
         for b in range(3):
             def flow(v: torch.Tensor) -> torch.Tensor:
-                return m.flow(v[None], h[b:b + 1])[0][0]
+                return m.refine(v[None], h[b:b + 1])[0][0]
 
             jacobian = torch.autograd.functional.jacobian(flow, z0[s, b])
             expected = normal_log_prob(z0[s, b], mu[b], logvar[b]).sum() - torch.linalg.slogdet(jacobian).logabsdet

@@ -37,11 +37,7 @@ from dgm.apps import App, register_app
 from dgm.apps.options import POSITIVE
 from dgm.data.core import DataSpec, Dataset
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, capabilities
-
-#: the sets that are made rather than loaded
-MADE = ("noise", "inverted")
-
+from dgm.models.base import GenerativeModel
 
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     """The area under the ROC curve of ``score`` telling positives from negatives (higher = positive),
@@ -60,8 +56,8 @@ def typicality_scores(nll: np.ndarray, entropy: float) -> np.ndarray:
 def in_shape_of(images: Tensor, spec: DataSpec) -> Tensor:
     """Images ``(N, C', H', W')`` in [0, 1] resized and recoloured to ``spec``'s ``(C, H, W)``."""
     C, H, W = spec.shape
-    if images.shape[1] != C:
-        images = images.mean(1, keepdim=True).expand(-1, C, -1, -1) if images.shape[1] > 1 else images.expand(-1, C, -1, -1)
+    if images.shape[1] != C:  # grey (the channels' mean) repeated into each channel
+        images = images.mean(1, keepdim=True).expand(-1, C, -1, -1)
     if images.shape[2:] != (H, W):
         down = images.shape[2] > H
         images = F.interpolate(images, size=(H, W), mode="area" if down else "bilinear",
@@ -103,27 +99,14 @@ def ood_set(name: str, test: Dataset, run_config, *, seed: int) -> Dataset:  # n
     return as_dataset(images, test, f"{name} as {'x'.join(map(str, spec.shape[1:]))}")
 
 
-def estimate(model: GenerativeModel, k: int) -> str:
-    """Which log p(x) the tests use: exact, else the IWAE bound with ``k`` samples, else the ELBO."""
-    have = capabilities(model)
-    return "exact log p(x)" if "log_prob" in have else f"IWAE bound, k={k}" if "iwae_bound" in have \
-        else model.elbo_description
-
-
-def log_likelihoods(model: GenerativeModel, data: Dataset, *, k: int, seed: int, progress: bool) -> Tensor:
-    """log p(x) of every example, ``(N,)``, by :func:`estimate` (each batch from its own seed)."""
+def log_likelihoods(model: GenerativeModel, data: Dataset, *, k: int, seed: int, progress: bool) -> tuple[Tensor, str]:
+    """log p(x) of every example, ``(N,)``, by the estimate ``dgm eval``'s nll takes (exact, else the
+    IWAE bound with ``k`` samples, else the ELBO; each batch from its own seed), and what it is."""
     from dgm.eval.core import EvalContext
+    from dgm.eval.metrics import best_log_px
 
-    have = capabilities(model)
-    ctx = EvalContext(data.to(model.device), seed=seed, progress=progress, k=k)
     with torch.inference_mode():
-        if "log_prob" in have:
-            return ctx.per_example(model.log_prob, desc=f"log p(x) of {data.spec.name}")
-        if "iwae_bound" in have:
-            batch = max(1, 8192 // min(k, 500))  # about 8k samples per pass, as dgm eval
-            return ctx.per_example(lambda x, **o: model.iwae_bound(x, k, chunk=min(k, 500), **o), batch,
-                                   f"IWAE k={k} of {data.spec.name}")
-        return ctx.per_example(model.elbo, desc=f"ELBO of {data.spec.name}")
+        return best_log_px(model, EvalContext(data.to(model.device), seed=seed, progress=progress, k=k))
 
 
 @dataclass
@@ -147,17 +130,18 @@ def ood_tests(model: GenerativeModel, test: Dataset, train: Dataset, sets: dict[
         value = bits_per_dim(float(nll_nats.mean()), model.spec, model.likelihood_kind)
         return value if value is not None else float(nll_nats.mean()) / (math.log(2) * model.spec.dim)
 
-    def nll(data: Dataset) -> np.ndarray:
-        return -log_likelihoods(model, data, k=k, seed=seed, progress=progress).double().cpu().numpy()
+    def nll(data: Dataset) -> tuple[np.ndarray, str]:
+        log_px, what = log_likelihoods(model, data, k=k, seed=seed, progress=progress)
+        return -log_px.double().cpu().numpy(), what
 
-    inside, entropy = nll(test), float(nll(train.subset(len(test))).mean())
+    (inside, what), entropy = nll(test), float(nll(train.subset(len(test)))[0].mean())
     results = []
     for name, data in sets.items():
-        outside = nll(data)
+        outside, _ = nll(data)
         results.append(OODTest(name, auroc(inside, outside),
                                auroc(typicality_scores(inside, entropy), typicality_scores(outside, entropy)),
                                bits(inside), bits(outside)))
-    return results, estimate(model, k)
+    return results, what
 
 
 @register_app
@@ -192,10 +176,10 @@ class OOD(App):
         results = []
         for t in tests:
             details = {"bits_per_dim_test": t.bits_in, "bits_per_dim_ood": t.bits_out, "ood_set": sets[t.name].spec.name}
-            results += [Result(f"ood_auroc_{t.name}", t.auroc_likelihood, "", f"AUROC of -log p(x) ({what}), test vs "
+            results += [Result(f"ood_auroc_{t.name}", t.auroc_likelihood, "", f"AUROC of -log p(x), {what}, test vs "
                                f"{sets[t.name].spec.name}", split, details),
                         Result(f"ood_typicality_auroc_{t.name}", t.auroc_typicality, "",
-                               f"AUROC of |-log p(x) - H| ({what}; H from {len(test)} training examples), test vs "
+                               f"AUROC of |-log p(x) - H|, {what}, H from {len(test)} training examples, test vs "
                                f"{sets[t.name].spec.name}", split, details)]
         record_results(args.run, results)
         lines = [f"{args.run}: {what}, {len(test)} test images vs each set -> eval.json"]

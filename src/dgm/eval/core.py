@@ -89,9 +89,10 @@ class EvalContext:
         besides ``x``: ``{"mask": (B, L) or (B, N)}`` of the real tokens or points of padded data
         (``model.log_prob(x, mask=mask)``), ``{}`` for fixed-size examples."""
         size = batch_size or self.batch_size
-        total = self.data.num_batches(size)
-        iterator = self.data.batches(size, generator=torch.Generator().manual_seed(0))
-        for batch in progress_bar(iterator, enabled=self.progress, total=total, desc=desc):
+        yield from progress_bar(self._inputs(size), enabled=self.progress, total=self.data.num_batches(size), desc=desc)
+
+    def _inputs(self, size: int) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        for batch in self.data.batches(size, generator=torch.Generator().manual_seed(0)):
             yield batch.x, ({} if batch.mask is None else {"mask": batch.mask})
 
     def spread(self, pieces: Iterable[T], compute: Callable[[T], Any], *, total: int, desc: str = "",
@@ -119,9 +120,7 @@ class EvalContext:
         whole split, concatenated in order, on the evaluation's device: the split's batches spread
         over the processes (:meth:`spread`). ``options`` holds the ``mask`` of padded data."""
         size = batch_size or self.batch_size
-        iterator = self.data.batches(size, generator=torch.Generator().manual_seed(0))
-        values = self.spread(iterator, lambda batch: compute(batch.x, **({} if batch.mask is None
-                                                                          else {"mask": batch.mask})),
+        values = self.spread(self._inputs(size), lambda inputs: compute(inputs[0], **inputs[1]),
                              total=self.data.num_batches(size), desc=desc)
         if values and isinstance(values[0], tuple):  # several values per example: each concatenated
             return tuple(torch.cat([v[j].to(self.data.device) for v in values]) for j in range(len(values[0])))

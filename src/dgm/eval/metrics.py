@@ -117,13 +117,18 @@ def nll_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
 @metric("nll", requires_any=("log_prob", "iwae_bound", "elbo"), description="negative log-likelihood in nats and bits/dim: exact where the "
         "model has it, else the tightest bound it has (IWAE k, then ELBO)", plan=nll_plan)
 def nll(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
+    return likelihood_results("nll", *best_log_px(model, ctx), model, ctx)
+
+
+def best_log_px(model: GenerativeModel, ctx: EvalContext) -> tuple[Tensor, str]:
+    """log p(x) of every example of the split by the best estimate the model has: exact where it
+    has ``log_prob``, else the IWAE bound with ``ctx.k`` samples, else the ELBO; and what it is."""
     have = capabilities(model)
     if "log_prob" in have:
-        log_px = ctx.per_example(model.log_prob, desc="log p(x)")
-        return likelihood_results("nll", log_px, model.log_prob_description, model, ctx)
+        return ctx.per_example(model.log_prob, desc="log p(x)"), model.log_prob_description
     if "iwae_bound" in have:
-        return likelihood_results("nll", iwae_log_px(model, ctx, ctx.k), f"bound (IWAE k={ctx.k})", model, ctx)
-    return likelihood_results("nll", elbo_log_px(model, ctx), f"bound ({model.elbo_description})", model, ctx)
+        return iwae_log_px(model, ctx, ctx.k), f"bound (IWAE k={ctx.k})"
+    return elbo_log_px(model, ctx), f"bound ({model.elbo_description})"
 
 
 @metric("elbo", requires=("elbo",), description="negative ELBO (VAEs: one-sample Monte Carlo, analytic KL; "

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from dgm.data.core import DataSpec
-from dgm.models.base import randn, register
+from dgm.models.base import register
 from dgm.models.vae import VAE, VAEConfig
 from dgm.nn.distributions import normal_log_prob
 from dgm.nn.flows import GatedAffine
@@ -78,22 +78,18 @@ class IAFVAE(VAE):
     def kl_description(self) -> str:
         return "one-sample estimate of KL(q(z_T|x) || p(z_T)), IAF posterior"
 
-    def flow(self, z0: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    def posterior_with_context(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.encoded(x)  # mu, log sigma^2 and h, from one encoder pass
+
+    def refine(self, z0: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         """z_T from z_0 ``(N, d)`` given the context ``h`` ``(N, context_dim)``, and the sum over the
-        steps of each unit's log sigma_t, ``(N, d)`` (eq. 14-15)."""
+        steps of each unit's log sigma_t, ``(N, d)`` (eq. 14-15; the VAE's posterior_draws subtracts
+        it from log N(z_0; mu, sigma^2))."""
         z, log_sigma = z0, torch.zeros_like(z0)
         for step in self.steps:
             z, log_derivative = step.forward_per_dim(z, h)
             log_sigma = log_sigma + log_derivative
         return z, log_sigma
-
-    def posterior_draws(self, x: Tensor, k: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        mu, logvar, h = self.encoded(x)
-        B, d = mu.shape
-        eps = randn((k * B, d), like=mu, generator=generator).view(k, B, d)
-        z0 = mu + eps * (0.5 * logvar).exp()  # (k, B, d)
-        zT, log_sigma = self.flow(z0.reshape(k * B, d), h.repeat(k, 1))  # sample-major rows, h tiled alike
-        return zT.view(k, B, d), normal_log_prob(z0, mu, logvar) - log_sigma.view(k, B, d)  # eq. 15, per unit
 
     def draw_with_kl(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         z, log_q = self.posterior_draws(x, 1, generator=generator)
@@ -105,4 +101,4 @@ class IAFVAE(VAE):
     def encode(self, x: Tensor) -> Tensor:
         """The code of x: the flow applied to the Gaussian's mean (eps = 0)."""
         mu, _, h = self.encoded(x)
-        return self.flow(mu, h)[0]
+        return self.refine(mu, h)[0]

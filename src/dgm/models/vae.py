@@ -174,11 +174,25 @@ class VAE(GenerativeModel):
         """``k`` draws z ~ q(z|x) per example, ``(k, B, latent_dim)``, and log q(z|x) of each latent
         unit, the same shape (the units' sum is log q(z|x)). Noise is drawn as ``(k B, d)``,
         sample-major, so a data-parallel process gets its examples' rows."""
-        mu, logvar = self.posterior(x)
+        mu, logvar, h = self.posterior_with_context(x)
         B, d = mu.shape
         eps = randn((k * B, d), like=mu, generator=generator).view(k, B, d)
-        z = mu + eps * (0.5 * logvar).exp()  # (k, B, d)
-        return z, normal_log_prob(z, mu, logvar)
+        z0 = mu + eps * (0.5 * logvar).exp()  # (k, B, d)
+        # sample-major rows, the context tiled alike
+        z, log_det = self.refine(z0.reshape(k * B, d), None if h is None else h.repeat(k, 1))
+        return z.view(k, B, d), normal_log_prob(z0, mu, logvar) - log_det.view(k, B, d)
+
+    def posterior_with_context(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The Gaussian q(z|x) (:meth:`posterior`, which subclasses override for their own inputs) and
+        what :meth:`refine` takes besides the draw: nothing for this posterior."""
+        mu, logvar = self.posterior(x)
+        return mu, logvar, None
+
+    def refine(self, z0: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
+        """An invertible map of the Gaussian draw ``z0`` ``(N, d)`` given the context ``h``, and the
+        log |dz/dz0| it adds to each unit, ``(N, d)``: none for this posterior (the identity);
+        :class:`~dgm.models.iaf_vae.IAFVAE` applies its flow here."""
+        return z0, torch.zeros_like(z0)
 
     def draw_with_kl(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """One draw z ~ q(z|x), ``(B, latent_dim)``, and the KL of every latent unit, ``(B, latent_dim)``:
