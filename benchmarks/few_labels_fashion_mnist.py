@@ -28,7 +28,7 @@ if any(os.environ.get(k) != v for k, v in MALLOC.items()):
 import torch  # noqa: E402
 
 from dgm import run  # noqa: E402
-from dgm.apps.classify import classification_result  # noqa: E402
+from dgm.apps.classify import classification_results  # noqa: E402
 from dgm.eval.probes import error_rate  # noqa: E402
 
 MODELS = ("m2", "m1m2", "ps-vae", "supervised")
@@ -50,7 +50,7 @@ def train_generative(model: str, labels: int, out: Path, args: argparse.Namespac
     start = time.perf_counter()
     trained, out = run.train(config, out)
     minutes = (time.perf_counter() - start) / 60
-    return classification_result(trained, str(out)).value, minutes
+    return classification_results(trained, str(out))[0].value, minutes
 
 
 def train_supervised(labels: int, args: argparse.Namespace) -> tuple[float, float]:

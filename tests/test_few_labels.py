@@ -215,7 +215,7 @@ def test_classify_app_refuses_a_model_that_can_neither_classify_nor_encode(tmp_p
                  "--set", "train.max_steps_per_epoch=1", "--set", "model.hidden=8"]) == 0
     capsys.readouterr()
     assert main(["classify", str(out)]) == 2
-    assert "needs classify or encode" in capsys.readouterr().err
+    assert "needs classify or conditional_elbo or conditional_iwae_bound or conditional_log_prob or encode" in capsys.readouterr().err
 
 
 def test_one_command_compares_a_model_classifier_and_a_probe_on_the_same_labels(tmp_path, capsys):

@@ -264,14 +264,15 @@ def knn_metric(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     return [Result("knn", 100 * accuracy, "%", f"5-NN on E[z|x], {len(train_z)} train codes", ctx.split)]
 
 
-def class_predictions(model: GenerativeModel, data: Dataset, *, progress: bool = False) -> tuple[Tensor, Tensor]:
-    """The model's own classifier's predictions argmax q(y|x) on ``data`` and the true labels, ``(N,)`` each."""
-    predicted, labels = [], []
+def class_probabilities(model: GenerativeModel, data: Dataset, *, progress: bool = False) -> tuple[Tensor, Tensor]:
+    """The model's own classifier's q(y|x) on ``data`` ``(N, K)`` and the true labels ``(N,)``."""
+    probs, labels = [], []
     bar = progress_bar(data.batches(500), enabled=progress, total=data.num_batches(500), desc="classifying")
-    for batch in bar:
-        predicted.append(model.classify(batch.x).argmax(-1).cpu())
-        labels.append(batch.y.cpu())
-    return torch.cat(predicted), torch.cat(labels)
+    with torch.inference_mode():
+        for batch in bar:
+            probs.append(model.classify(batch.x).float().cpu())
+            labels.append(batch.y.cpu())
+    return torch.cat(probs), torch.cat(labels)
 
 
 def classification_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
@@ -284,8 +285,8 @@ def classification_plan(model: GenerativeModel, ctx: EvalContext) -> Plan:
 def classification_error(model: GenerativeModel, ctx: EvalContext) -> list[Result]:
     from dgm.eval.probes import error_rate
 
-    predicted, labels = class_predictions(model, ctx.data, progress=ctx.progress)
-    error, per_class = error_rate(predicted, labels, model.spec.num_classes)
+    probs, labels = class_probabilities(model, ctx.data, progress=ctx.progress)
+    error, per_class = error_rate(probs.argmax(1), labels, model.spec.num_classes)
     return [Result("classification_error", error, "%", "argmax q(y|x)", ctx.split, {"per_class": per_class})]
 
 

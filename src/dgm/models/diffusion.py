@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, rand, randint, randn, register
+from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, capability, rand, randint, randn, register
 from dgm.models.refusals import refuse_partial_labels, refuse_variable_length
 from dgm.models import samplers
 from dgm.nn.distributions import normal_kl, normal_log_prob
@@ -424,8 +424,24 @@ class DDPM(GenerativeModel):
         class-conditional model is scored as its unconditional (null-class) self, a bound on p(x).
         On images, p(x_{t-1} | x_t) is built from the predicted x0 clipped to [-1, 1] unless
         ``bound_clip`` is false (:attr:`bound_clipped`)."""
-        T, k = self.process.num_timesteps, self.config.bound_timesteps
         y = torch.full((len(x),), self.null_class, device=x.device) if self.config.conditional else None
+        return self.variational_bound(x, y)
+
+    @capability
+    def conditional_elbo(self, x: Tensor, y: Tensor) -> Tensor:
+        """The bound of :meth:`elbo` on log p(x | y), nats ``(B,)``, of a class-conditional model (its
+        network told the class ``y`` instead of the null class); ``dgm classify`` compares the classes
+        under one draw of timesteps and noise."""
+        return self.variational_bound(x, y)
+
+    def withheld_capabilities(self) -> dict[str, str]:
+        if self.config.conditional:
+            return {}
+        return {"conditional_elbo": "the model is unconditional (train with --set model.conditional=true)"}
+
+    def variational_bound(self, x: Tensor, y: Tensor | None) -> Tensor:
+        """The bound of :meth:`elbo` with the network told the classes ``y`` (``None``: unconditional)."""
+        T, k = self.process.num_timesteps, self.config.bound_timesteps
         if k and k < T:  # one uniform draw inside each of k equal strata of {0 .. T-1}
             edges = torch.linspace(0, T, k + 1, device=x.device)
             steps = [(edges[i] + torch.rand(len(x), device=x.device) * (edges[i + 1] - edges[i])).long().clamp(max=T - 1)

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from dgm.data.core import BINARY_REPRESENTATIONS, Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models import langevin
-from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, rand, randint, randn, register
+from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, capability, rand, randint, randn, register
 from dgm.models.refusals import class_labels, refuse_all_but_discrete_images, refuse_partial_labels
 from dgm.models.samplers import Inpaint, KnownView
 from dgm.nn import make_likelihood, to_levels
@@ -216,13 +216,23 @@ class PixelModel(GenerativeModel):
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact log p(x) in nats, ``(B,)``; for a class-conditional model the marginal over a
         uniform class prior (K network passes)."""
-        inputs = self.to_signed(x)
         if not self.config.conditional:
-            return self.likelihood.log_prob(self.params(inputs), x)
+            return self.likelihood.log_prob(self.params(self.to_signed(x)), x)
         K = self.spec.num_classes
-        per_class = torch.stack([self.likelihood.log_prob(self.params(inputs, torch.full((len(x),), y, device=x.device)), x)
+        per_class = torch.stack([self.conditional_log_prob(x, torch.full((len(x),), y, device=x.device))
                                  for y in range(K)])  # (K, B)
         return per_class.logsumexp(0) - math.log(K)
+
+    @capability
+    def conditional_log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+        """Exact log p(x | y) in nats, ``(B,)``, of a class-conditional model (``dgm classify``
+        turns it into p(y | x) by Bayes' rule)."""
+        return self.likelihood.log_prob(self.params(self.to_signed(x), y), x)
+
+    def withheld_capabilities(self) -> dict[str, str]:
+        if self.config.conditional:
+            return {}
+        return {"conditional_log_prob": "the model is unconditional (train with --set model.conditional=true)"}
 
     def smoothed_log_density(self, noisy: Tensor, y: Tensor | None, level: int) -> Tensor:
         """log p_sigma(x~) of the noise-smoothed model at noise ``level`` (1..N), ``(B,)``: every
