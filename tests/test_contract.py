@@ -70,13 +70,18 @@ TINY = {
     "rws": {"latent_dims": (4, 3), "latents": "mixed", "hidden": (8,), "samples": 3},
     "conv-draw": {"steps": 2, "latent_channels": 2, "hidden": 4, "width": 4},
     "dplc": {"code_dim": 3, "levels": 3, "width": 4, "critic_width": 4, "critic_steps": 2},
+    "mdn-rnn": {"layers": 2, "hidden": 8, "components": 2},
+    "wavenet": {"residual_channels": 4, "gate_channels": 4, "skip_channels": 4, "dilation_depth": 2, "stacks": 2,
+                "conditional": True, "condition_dim": 3, "crop": 8},
 }
 #: models that read another kind of data than the labelled images the contract uses
 POINT_SET_MODELS = {"set-flow"}
 VOLUME_MODELS = {"voxel-vae"}  # voxel volumes (dgm.data.voxels)
+AUDIO_MODELS = {"wavenet"}  # mu-law audio clips (dgm.data.audio)
 TOKEN_MODELS = {"lstm-lm", "transformer-lm", "sentence-vae", "outline-gan", "prodlda", "constrained-lm"}
 #: models that draw images from captions: the labelled images, captioned by class names of 1 to 3 words
 CAPTION_MODELS = {"dalle", "aligndraw"}
+STROKE_MODELS = {"mdn-rnn"}  # pen strokes: 8 Hershey glyphs in tests/data/glyphs.jhf, augmented
 
 
 def token_dataset():
@@ -88,6 +93,20 @@ def token_dataset():
     x, lengths = pack(lines, 32)
     spec = DataSpec("lines", (32,), "levels", levels=256, kind="tokens")
     return Dataset(torch.from_numpy(x), None, spec, train=True, lengths=torch.from_numpy(lengths))
+
+
+def audio_dataset():
+    """64 labelled clips of 24 mu-law codes: sines of 3 pitches (the labels), as spoken-digits holds words."""
+    from dgm.data.audio import mu_law_encode
+    from dgm.data.core import Dataset, DataSpec
+
+    y = torch.arange(64) % 3
+    t = torch.arange(24)
+    x = mu_law_encode(0.5 * torch.sin(2 * torch.pi * (y[:, None] + 1) * t / 24)).to(torch.uint8)
+    spec = DataSpec("tones", (24,), "levels", levels=256, num_classes=3, kind="audio", extras={"sample_rate": 8000})
+    return Dataset(x, y, spec, train=True)
+
+
 MODEL_NAMES = sorted(n for n in MODELS if not n.startswith("test-"))
 
 
@@ -106,6 +125,14 @@ def build(name: str):
         from dgm.data import load
 
         data = load("shapes2d", "test").subset(64)
+    elif name in AUDIO_MODELS:
+        data = audio_dataset()
+    elif name in STROKE_MODELS:
+        from pathlib import Path
+
+        from dgm.data import load
+
+        data = load(f"strokes:{Path(__file__).parent / 'data' / 'glyphs.jhf'}").subset(64)
     elif name in VOLUME_MODELS:
         from dgm.data import load
 

@@ -139,12 +139,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from dgm.io.images import save
 
     out = output_path(args.output)  # a path we cannot write fails before minutes of sampling, not after
-    if out.suffix.lower() not in (".npz", ".png", ".jpg", ".jpeg", ".txt"):
-        raise DgmError(f"cannot write samples to {out}: use a .png/.jpg picture, a .npz array file, or .txt "
-                       f"(text models)")
+    if out.suffix.lower() not in (".npz", ".png", ".jpg", ".jpeg", ".txt", ".wav"):
+        raise DgmError(f"cannot write samples to {out}: use a .png/.jpg picture, a .npz array file, .txt "
+                       f"(text models) or .wav (audio models)")
     model = run.load(args.run)
     if out.suffix.lower() == ".txt" and model.spec.kind != "tokens":
         raise DgmError(f"samples of {model.spec.kind} data are not text: write them to a .png/.jpg picture or "
+                       f"a .npz array file")
+    if out.suffix.lower() == ".wav" and model.spec.kind != "audio":
+        raise DgmError(f"samples of {model.spec.kind} data are not audio: write them to a .png/.jpg picture or "
                        f"a .npz array file")
     generator = torch.Generator().manual_seed(args.seed)
     condition = None if args.class_ is None else torch.tensor(args.class_)
@@ -160,6 +163,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from dgm.data.pictures import decode_tokens
 
         out.write_text("".join(f"{line}\n" for line in decode_tokens(x)), encoding="utf-8")
+    elif out.suffix.lower() == ".wav":  # the clips one after another, a short silence between them
+        from dgm.data.audio import samples_wav
+
+        out.write_bytes(samples_wav(x, model.spec, limit=len(x)))
     else:
         save(sample_picture(x, model.spec), out)
     print(f"{args.n} samples -> {out}")

@@ -21,7 +21,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dgm.data import files, probes, scenes, sequences, sources, sprites, toys, voxels
+from dgm.data import files, probes, scenes, sequences, sources, sprites, strokes, toys, voxels
+from dgm.data import audio
 from dgm.data.core import REPRESENTATIONS, UNLABELLED, Batch, Dataset, DataSpec, to_unit
 from dgm.data.sources import Part, Request
 from dgm.errors import DgmError, unknown_name
@@ -88,6 +89,12 @@ DATASETS: dict[str, Source] = {
                        sequences.load_shapes2d, "continuous"),
     "fortunes": Source("byte-level token sequences: the fortunes of fortune-mod (apt-get install fortunes-min), "
                        "up to size (256) bytes, 90/10 holdout", sequences.load_fortunes, "levels", resizable=True),
+    "hershey": Source("pen strokes (dx, dy, pen_up) of the letters and digits of 9 Hershey fonts (apt-get install "
+                      "hershey-fonts-data), slanted, scaled and jittered; 90/10 holdout of the glyphs, 16/8 copies "
+                      "each, up to 64 points, 62 classes", strokes.load_hershey, "continuous"),
+    "spoken-digits": Source("audio: the words zero..nine (the label) spoken by espeak-ng (apt-get install espeak-ng) in "
+                            "8 voices x 4 speeds x 3 pitches, 8 kHz mu-law, clips of size (4000) samples; held-out "
+                            "combinations 770/190, 10 classes", audio.load_spoken_digits, "levels", resizable=True),
 }
 
 #: datasets named "<prefix>:PATH"
@@ -101,6 +108,11 @@ PATTERNS: dict[str, Source] = {
     "docs": Source("byte-level token sequences: each document (lines up to a blank line) of a text file or a "
                    "folder's files, up to size (256) bytes, 90/10 holdout", sequences.load_docs, "levels",
                    resizable=True),
+    "strokes": Source("pen strokes (dx, dy, pen_up) of every glyph of a Hershey .jhf file or a folder's .jhf files, "
+                      "slanted, scaled and jittered as hershey; 90/10 holdout of the glyphs", strokes.load_strokes,
+                      "continuous"),
+    "wav": Source("audio: a mono 8 or 16 kHz WAV file or a folder of them, mu-law, cut into clips of size "
+                  "(half a second) samples, 90/10 holdout", audio.load_wav, "levels", resizable=True),
 }
 
 
@@ -123,7 +135,7 @@ def _resolve(name: str) -> tuple[Source, str]:
 
 
 def _natural_representation(part: Part) -> str:
-    if part.kind == "tokens":
+    if part.kind in ("tokens", "audio"):
         return "levels"
     return "continuous" if part.levels is None else "unit"
 

@@ -36,8 +36,8 @@ Representation = Literal[
 REPRESENTATIONS: tuple[str, ...] = get_args(Representation)
 #: what one example is: an image ``(C, H, W)``, a vector ``(D,)``, a token sequence ``(L,)`` padded to
 #: ``L`` tokens, a set of up to ``N`` points ``(N, D)`` (sequences and sets come with their lengths), or
-#: a voxel volume ``(C, D, H, W)`` (``voxels``)
-Kind = Literal["image", "vector", "tokens", "points", "volume"]
+#: a voxel volume ``(C, D, H, W)`` (``voxels``), or a mono audio clip ``(T,)`` of mu-law codes (:mod:`dgm.data.audio`)
+Kind = Literal["image", "vector", "tokens", "points", "volume", "audio"]
 KINDS: tuple[str, ...] = get_args(Kind)
 #: the one representation of each variable-length kind (their raw values are what a model sees)
 _KIND_REPRESENTATION = {"tokens": "levels", "points": "continuous"}
@@ -68,7 +68,8 @@ class DataSpec:
         kind: ``"image"``, ``"vector"``, ``"tokens"``, ``"points"`` or ``"volume"`` (:data:`Kind`); ``None`` infers
             image or vector from the shape. For ``"tokens"``, ``shape`` is ``(max_length,)`` and
             ``levels`` the vocabulary size; for ``"points"``, ``shape`` is ``(max_points, D)``. Both
-            are padded, and each batch carries a ``mask`` of the real tokens or points.
+            are padded, and each batch carries a ``mask`` of the real tokens or points. For ``"audio"``,
+            ``shape`` is ``(T,)`` samples, ``levels`` the 256 mu-law codes and ``extras["sample_rate"]`` the rate.
     """
 
     name: str

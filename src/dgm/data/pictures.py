@@ -1,5 +1,7 @@
 """The natural picture of examples in a data representation: an image grid for images, a scatter
-plot for 2-D points, lines of text for token sequences, a grid of small scatter plots for point sets.
+plot for 2-D points, lines of text for token sequences, a grid of small scatter plots for point sets,
+a grid of pen drawings for pen strokes, spectrograms for audio clips (which also have a sound:
+:func:`sample_sound`).
 
 Samples of padded kinds come without a mask; their padding is read the way the data writes it
 (:mod:`dgm.data.sequences`): a token sequence ends at its first padding token ``0`` (byte-level
@@ -10,10 +12,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from dgm.data.core import DataSpec, to_unit
+from dgm.data.strokes import to_strokes
 from dgm.io.images import figure_to_image, grid, scatter
 
 #: the padding token of byte-level sequences, which also ends a sampled one
@@ -37,11 +42,27 @@ def sample_picture(samples: Tensor, spec: DataSpec, reference: Tensor | None = N
         from dgm.data.voxels import picture_views
 
         return grid(picture_views(to_unit(samples, spec)), nrow=nrow, scale=max(1, 64 // spec.shape[-1]))
+    if spec.kind == "points" and spec.extras.get("strokes"):  # pen strokes (dgm.data.strokes)
+        return strokes_picture(samples, real_mask(samples, spec) if mask is None else mask, nrow=nrow)
     if spec.kind == "points":
         return point_sets_picture(samples, real_mask(samples, spec) if mask is None else mask, nrow=nrow)
+    if spec.kind == "audio":  # a clip is shown by its spectrogram (dgm.data.audio.spectrograms)
+        from dgm.data.audio import spectrogram_picture
+
+        return spectrogram_picture(samples, spec, nrow=nrow)
     if spec.shape == (2,):
         return scatter(samples, reference)
     raise ValueError(f"no picture for data of shape {spec.shape}")
+
+
+def sample_sound(samples: Tensor, spec: DataSpec) -> bytes | None:
+    """The natural sound of samples: a WAV file of the first few audio clips, one after another
+    (:func:`dgm.data.audio.samples_wav`); ``None`` for data that is not audio."""
+    if spec.kind != "audio":
+        return None
+    from dgm.data.audio import samples_wav
+
+    return samples_wav(samples, spec)
 
 
 def real_mask(samples: Tensor, spec: DataSpec) -> Tensor:
@@ -120,3 +141,31 @@ def point_sets_picture(samples: Tensor, mask: Tensor, nrow: int | None = None, p
     fig.tight_layout(pad=0.2)
     return figure_to_image(fig)
 
+
+def strokes_picture(samples: Tensor, mask: Tensor, nrow: int | None = None, cell: int = 64,
+                    height: float = 3.5) -> Image.Image:
+    """One pen drawing per sequence of ``samples`` ``(B, N, 3)`` of rows ``(dx, dy, pen_up)``
+    (:mod:`dgm.data.strokes`), its real rows (``mask`` ``(B, N)``) only: each stroke a polyline, the
+    pen lifted after a row whose pen bit is 1, so the move to the next stroke is not drawn. Each
+    drawing is centred in a ``cell`` pixel square and shrunk to fit it; one as tall as ``height``
+    data units (the glyphs' span, descenders included) fills it, smaller ones keep their size."""
+    rows, mask = samples.detach().double().cpu().numpy(), mask.detach().cpu().bool().numpy()
+    big = 2 * cell  # drawn at twice the size, then scaled down: smooth lines
+    cells = []
+    for seq, keep in zip(rows, mask):
+        picture = Image.new("L", (big, big), 255)
+        real = seq[keep]
+        strokes = to_strokes(real[np.isfinite(real).all(-1)])
+        if strokes:
+            points = np.concatenate(strokes)
+            lo, hi = points.min(0), points.max(0)
+            scale = min((big - 8) / max(float((hi - lo).max()), 1e-9), big / height)
+            draw = ImageDraw.Draw(picture)
+            for stroke in strokes:
+                xy = (stroke - (lo + hi) / 2) * [scale, -scale] + big / 2  # y up in the data, down in a picture
+                if len(xy) == 1:
+                    draw.ellipse([*(xy[0] - 2), *(xy[0] + 2)], fill=0)
+                else:
+                    draw.line([tuple(p) for p in xy], fill=0, width=3, joint="curve")
+        cells.append(np.asarray(picture.resize((cell, cell), Image.Resampling.LANCZOS), np.float32) / 255)
+    return grid(torch.from_numpy(np.stack(cells))[:, None] if cells else torch.ones(1, 1, cell, cell), nrow=nrow)

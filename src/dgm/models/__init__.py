@@ -37,6 +37,8 @@ from dgm.models import self_labelling_gan  # noqa: F401  (the self-labelling GAN
 from dgm.models import knowledge_constraints  # noqa: F401  (learnable knowledge constraints: constrained-vae, -lm)
 from dgm.models import volumetric  # noqa: F401  (voxel-vae: 3-D shapes from volumes or 2-D views)
 from dgm.models import conv_draw, dplc  # noqa: F401  (convolutional DRAW; distribution-preserving lossy compression)
+from dgm.models import wavenet  # noqa: F401  (WaveNet: dilated causal convolutions over mu-law audio)
+from dgm.models import handwriting  # noqa: F401  (mdn-rnn: Graves's mixture-density LSTM over pen strokes)
 
 __all__ = ["MODELS", "GenerativeModel", "Loss", "Phase", "Progress", "Sampler", "Stage", "capabilities", "capability",
            "create", "fits_in_closed_form", "model_class", "register"]

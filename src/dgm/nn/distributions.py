@@ -2,7 +2,8 @@
 diagonal Gaussians, elementwise in nats (callers sum over the dimensions they factorise over).
 
 Both take the log-variance, the parametrisation the networks output (a VAE's encoder, a learned
-diffusion variance); a log standard deviation ``log_s`` is the log-variance ``2 log_s``.
+diffusion variance); a log standard deviation ``log_s`` is the log-variance ``2 log_s``. The bivariate
+Gaussian with a correlation (pen offsets, :func:`bivariate_normal_log_prob`) takes ``log_s`` and ``rho``.
 """
 from __future__ import annotations
 
@@ -70,3 +71,23 @@ def lowrank_normal_log_prob(x: Tensor, mean: Tensor, W: Tensor, diag: Tensor) ->
     mahalanobis = (r ** 2 / diag).sum(-1) - v.pow(2).sum(0)  # r^T C^-1 r, (B,)
     log_det = 2 * L.diagonal().log().sum() + diag.log().sum()
     return (-0.5 * (x.shape[-1] * LOG_2PI + log_det + mahalanobis)).to(dtype)
+
+
+def bivariate_normal_log_prob(x: Tensor, mean: Tensor, log_std: Tensor, rho: Tensor) -> Tensor:
+    """``log N(x; mean, sigma, rho)`` of 2-D points, nats, ``(...)``: the bivariate Gaussian of Graves
+    2013, "Generating Sequences With Recurrent Neural Networks" (arXiv:1308.0850), eqs. 24-25::
+
+        N(x | mu, sigma, rho) = exp(-Z / (2 (1 - rho^2))) / (2 pi sigma_1 sigma_2 sqrt(1 - rho^2))
+        Z = (x_1 - mu_1)^2 / sigma_1^2 + (x_2 - mu_2)^2 / sigma_2^2 - 2 rho (x_1 - mu_1)(x_2 - mu_2) / (sigma_1 sigma_2)
+
+    ``x``, ``mean`` and ``log_std`` (``log sigma``) are ``(..., 2)`` and ``rho`` ``(...)`` in (-1, 1), all
+    broadcasting; ``1 - rho^2`` is kept above 1e-6 so a saturated correlation stays finite.
+
+    Example:
+        >>> bivariate_normal_log_prob(torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.tensor(0.0))
+        tensor(-1.8379)
+    """
+    u = (x - mean) * (-log_std).exp()  # (..., 2): standardised coordinates
+    one_minus_rho2 = (1 - rho ** 2).clamp_min(1e-6)
+    z = u[..., 0] ** 2 + u[..., 1] ** 2 - 2 * rho * u[..., 0] * u[..., 1]  # eq. 25
+    return -LOG_2PI - log_std.sum(-1) - 0.5 * one_minus_rho2.log() - z / (2 * one_minus_rho2)  # eq. 24

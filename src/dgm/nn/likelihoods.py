@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from dgm.data.core import BINARY_REPRESENTATIONS, DataSpec
 from dgm.errors import DgmError, unknown_name
-from dgm.nn.distributions import normal_log_prob
+from dgm.nn.distributions import bivariate_normal_log_prob, normal_log_prob
 
 LEVEL_REPRESENTATIONS = ("unit", "levels", "signed")
 MIN_LOG_SCALE = -7.0  # log s is clamped here (PixelCNN++'s code): s >= 1e-3, below a bin of 256 levels
@@ -413,3 +414,79 @@ def make_likelihood(name: str, spec: DataSpec, **options: object) -> Likelihood:
         raise DgmError(f"the {name} likelihood has no option {', '.join(map(repr, unknown))}: "
                        f"its options are {', '.join(accepted) or 'none'}")
     return cls(spec, **options)
+
+
+# --- one point of a pen-stroke sequence ----------------------------------------------------------------
+#: the least log sigma of a pen offset's Gaussians (sigma >= 1.2e-4 data units), so a spike stays finite
+MIN_LOG_STD = -9.0
+
+
+@dataclass
+class PenMixture:
+    """The distribution of the next point ``(dx, dy, e)`` of a pen-stroke sequence given a network's
+    output ``y_t``, ``(...)`` points at once: Graves 2013, "Generating Sequences With Recurrent Neural
+    Networks" (arXiv:1308.0850), section 4.1, eq. 23: an ``M``-component bivariate Gaussian mixture over
+    the pen offset and a Bernoulli end-of-stroke bit ``e``::
+
+        Pr(x_{t+1} | y_t) = sum_j pi_t^j N(dx, dy | mu_t^j, sigma_t^j, rho_t^j) * (e_t if e = 1 else 1 - e_t)
+
+    times, where a stroke ends (``e = 1``), a Bernoulli bit ``s``: whether the sequence ends there
+    (probability ``q_t``). Graves draws a fixed number of points; the end bit lets a model finish a
+    glyph, and summed over ``s`` it leaves eq. 23 unchanged, so the density still integrates to one
+    over ``(dx, dy)`` and sums to one over the pen states ``(e, s)`` in ``{(0, -), (1, 0), (1, 1)}``.
+
+    The parameters, from ``y_t = (e^, s^, pi^, mu, sigma^, rho^)`` (eqs. 17-22; :meth:`from_outputs`):
+    ``e_t = 1 / (1 + exp(e^))`` (eq. 18), ``q_t = sigmoid(s^)``, ``pi = softmax(pi^)`` (19), ``mu`` (20),
+    ``sigma = exp(sigma^)`` (21), ``rho = tanh(rho^)`` (22).
+    """
+
+    logits: Tensor  # (..., M): pi^, the mixture weights are softmax(logits) (eq. 19)
+    mean: Tensor  # (..., M, 2): mu_t^j (eq. 20)
+    log_std: Tensor  # (..., M, 2): log sigma_t^j (eq. 21)
+    rho: Tensor  # (..., M): rho_t^j = tanh(rho^) (eq. 22)
+    pen_logit: Tensor  # (...): e^, the end of a stroke has probability e_t = sigmoid(-e^) (eq. 18)
+    stop_logit: Tensor  # (...): s^, the end of the sequence at the end of a stroke has probability sigmoid(s^)
+
+    @staticmethod
+    def num_params(components: int) -> int:
+        """The size of ``y_t`` for ``M = components``: ``e^``, ``s^`` and ``6 M`` mixture parameters."""
+        return 2 + 6 * components
+
+    @classmethod
+    def from_outputs(cls, y: Tensor, components: int, *, bias: float = 0.0) -> PenMixture:
+        """The distribution of outputs ``y (..., num_params(M))``; ``bias`` b >= 0 sharpens it as
+        Graves's biased sampling (section 5.4, eqs. 61-62): ``sigma = exp(sigma^ - b)``,
+        ``pi = softmax(pi^ (1 + b))``; b = 0 is the model's own distribution."""
+        M = components
+        pen, stop, logits, mean, log_std, rho = y.split([1, 1, M, 2 * M, 2 * M, M], dim=-1)
+        return cls(logits * (1 + bias), mean.unflatten(-1, (M, 2)),
+                   log_std.unflatten(-1, (M, 2)).clamp_min(MIN_LOG_STD) - bias, rho.tanh(),
+                   pen.squeeze(-1), stop.squeeze(-1))
+
+    def offset_log_prob(self, offset: Tensor) -> Tensor:
+        """``log sum_j pi_j N(offset | mu_j, sigma_j, rho_j)``, nats, ``(...)``, of offsets ``(..., 2)``."""
+        log_n = bivariate_normal_log_prob(offset.unsqueeze(-2), self.mean, self.log_std, self.rho)  # (..., M)
+        return (self.logits.log_softmax(-1) + log_n).logsumexp(-1)
+
+    def log_prob(self, point: Tensor, last: Tensor) -> Tensor:
+        """``log p(dx, dy, e, s)``, nats, ``(...)``, of points ``(..., 3)`` (``e = point[..., 2]`` in {0, 1})
+        where ``last`` ``(...)`` bool says which end their sequence (``s``, scored where ``e = 1``)."""
+        e = point[..., 2] > 0.5
+        log_e = torch.where(e, F.logsigmoid(-self.pen_logit), F.logsigmoid(self.pen_logit))  # eq. 18
+        log_s = torch.where(last, F.logsigmoid(self.stop_logit), F.logsigmoid(-self.stop_logit))
+        return self.offset_log_prob(point[..., :2]) + log_e + torch.where(e, log_s, 0.0)
+
+    def sample(self, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """A point ``(..., 3)`` (its pen bit 0.0 or 1.0) and whether the sequence ends at it ``(...)``
+        bool, all noise from ``generator`` (drawn on its device)."""
+        j = sample_categorical(self.logits, -1, generator)  # (..., 1): the component
+        mean = self.mean.gather(-2, j[..., None].expand(*j.shape, 2)).squeeze(-2)  # (..., 2)
+        std = self.log_std.gather(-2, j[..., None].expand(*j.shape, 2)).squeeze(-2).exp()
+        rho = self.rho.gather(-1, j).squeeze(-1)
+        device = generator.device if generator is not None else mean.device
+        z = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype).to(mean.device)
+        u = torch.rand((2, *rho.shape), generator=generator, device=device, dtype=mean.dtype).to(mean.device)
+        correlated = torch.stack([z[..., 0], rho * z[..., 0] + (1 - rho ** 2).clamp_min(0).sqrt() * z[..., 1]], -1)
+        e = u[0] < torch.sigmoid(-self.pen_logit)  # eq. 18
+        stop = e & (u[1] < torch.sigmoid(self.stop_logit))
+        return torch.cat([mean + std * correlated, e.to(mean.dtype).unsqueeze(-1)], -1), stop

@@ -14,6 +14,7 @@ unchanged and draws them again otherwise, or when asked (``redraw=True``, ``dgm 
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from dgm.errors import DgmError
 from dgm.eval.core import read_results
 from dgm.eval.fidelity import squared_distances
 from dgm.models.base import GenerativeModel, capabilities
-from dgm.data.pictures import decode_tokens, sample_picture
+from dgm.data.pictures import decode_tokens, sample_picture, sample_sound
 from dgm.io import images
 from dgm.train.trainer import read_csv
 
@@ -51,6 +52,7 @@ FIGURES_INDEX = "figures.json"
 
 #: samples shown in the report
 NUM_SAMPLES = 64
+AUDIO_SAMPLES = 16  # of audio clips (each T network steps; a grid of 16 spectrograms)
 #: how the samples of each data kind are shown, for the caption
 SAMPLES_SHOWN = {
     "image": "",
@@ -58,6 +60,9 @@ SAMPLES_SHOWN = {
     "tokens": ", one per line: the bytes up to the first padding token (0), decoded as UTF-8",
     "points": ", one small scatter plot per set, its padding points (at the origin) left out",
     "volume": ", each a shaded view of its occupancies (azimuth 30, elevation 25 degrees; nearer is brighter)",
+    "audio": (", each the spectrogram of a clip (time across, frequency up to half the sample rate, the top 80 dB "
+              "in magma colours); play the first 8, one after another"),
+    "strokes": ", each a pen drawing of its real points (the pen lifted where a stroke ends), fitted to its cell",
 }
 
 
@@ -70,13 +75,21 @@ class Figure:
     caption: str
     pixelated: bool = False  # an image grid, shown with sharp pixels (plots are smoothed as usual)
     text: str | None = None  # shown as text instead of the picture (samples of token sequences)
+    sound: bytes | None = None  # a WAV file played below the picture (audio samples)
 
     def to_html(self) -> str:
         cls = " class='pixelated'" if self.pixelated else ""
         body = (f"<pre>{html.escape(self.text)}</pre>" if self.text is not None else
                 f"<img{cls} src='{images.data_uri(self.picture)}' alt='{html.escape(self.title, quote=True)}'>")
+        if self.sound is not None:
+            body += audio_element(self.sound)
         return (f"<h2>{html.escape(self.title)}</h2><figure>{body}<figcaption class='caption'>"
                 f"{html.escape(self.caption)}</figcaption></figure>")
+
+
+def audio_element(wav: bytes) -> str:
+    """An inline ``<audio>`` player of a WAV file (the report has no external files)."""
+    return f"<br><audio controls src='data:audio/wav;base64,{base64.b64encode(wav).decode('ascii')}'></audio>"
 
 
 # --- plots of what training logged -----------------------------------------------------------------
@@ -320,13 +333,15 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int,
     if "sample" in have:
         def samples() -> list[Figure]:
             reference = test.tensors(2000).x if not spec.is_image else None
-            x = model.preview_sample(NUM_SAMPLES, generator=generator)
-            caption = f"{NUM_SAMPLES} samples from the model's preview sampler{SAMPLES_SHOWN[spec.kind]}, seed {seed}"
+            n = AUDIO_SAMPLES if spec.kind == "audio" else NUM_SAMPLES
+            x = model.preview_sample(n, generator=generator)
+            shown = SAMPLES_SHOWN["strokes" if spec.extras.get("strokes") else spec.kind]
+            caption = f"{n} samples from the model's preview sampler{shown}, seed {seed}"
             text = None
             if spec.kind == "tokens":  # text reads best as text
                 text = "\n".join(f"{i + 1:>2}  {line}" for i, line in enumerate(decode_tokens(x)))
             return [Figure("Samples", sample_picture(x, spec, reference), caption, pixelated=spec.is_image,
-                           text=text)]
+                           text=text, sound=sample_sound(x, spec))]
 
         drawers.append(samples)
         # a class-conditional model of images: a row per class, unless it draws its own class grid
@@ -338,6 +353,20 @@ def model_drawers(model: GenerativeModel, test: Dataset, seed: int,
                 return [] if pictures is None else [memorisation_figure(model, pictures, grid, generator)]
 
             drawers.append(memorisation)
+    if spec.extras.get("strokes"):  # pen strokes: the data beside the samples, drawn alike
+        def test_strokes() -> list[Figure]:
+            batch = test.tensors(NUM_SAMPLES)
+            return [Figure("Test strokes", sample_picture(batch.x, spec, mask=batch.mask),
+                           f"the first {len(batch.x)} test sequences{SAMPLES_SHOWN['strokes']}")]
+
+        drawers.append(test_strokes)
+    if spec.kind == "audio":  # audio: test clips beside the samples, seen and heard alike
+        def test_clips() -> list[Figure]:
+            x = test.tensors(16).x
+            return [Figure("Test clips", sample_picture(x, spec), f"the first {len(x)} test clips"
+                           f"{SAMPLES_SHOWN['audio']}", sound=sample_sound(x, spec))]
+
+        drawers.append(test_clips)
     if spec.shape == (2,) and spec.kind == "vector" and {"log_prob", "sample"} <= have:
         drawers.append(lambda: [density_figure(model, test, generator)])
     if spec.kind == "volume" and "reconstruct" in have:
@@ -399,7 +428,9 @@ def read_cached(run_dir: Path, stamp: dict[str, Any] | None) -> list[Figure] | N
                 with Image.open(run_dir / FIGURES_DIR / entry["file"]) as im:
                     im.load()
                     picture = im.copy()
-            figures.append(Figure(entry["title"], picture, entry["caption"], entry["pixelated"], entry.get("text")))
+            sound = (run_dir / FIGURES_DIR / entry["sound"]).read_bytes() if entry.get("sound") else None
+            figures.append(Figure(entry["title"], picture, entry["caption"], entry["pixelated"], entry.get("text"),
+                                  sound))
         return figures
     except (OSError, ValueError, KeyError, TypeError):
         return None  # a damaged cache is drawn again
@@ -410,7 +441,7 @@ def write_cached(run_dir: Path, stamp: dict[str, Any] | None, figures: list[Figu
         return
     folder = run_dir / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("figure_*.png"):
+    for old in [*folder.glob("figure_*.png"), *folder.glob("figure_*.wav")]:
         old.unlink()
     entries = []
     for i, figure in enumerate(figures):
@@ -418,8 +449,12 @@ def write_cached(run_dir: Path, stamp: dict[str, Any] | None, figures: list[Figu
         if figure.picture is not None:
             name = f"figure_{i:02d}.png"
             figure.picture.save(folder / name)
+        sound = None
+        if figure.sound is not None:
+            sound = f"figure_{i:02d}.wav"
+            (folder / sound).write_bytes(figure.sound)
         entries.append({"file": name, "title": figure.title, "caption": figure.caption,
-                        "pixelated": figure.pixelated, "text": figure.text})
+                        "pixelated": figure.pixelated, "text": figure.text, "sound": sound})
     (folder / FIGURES_INDEX).write_text(json.dumps({"stamp": stamp, "figures": entries}, indent=2))
 
 
@@ -507,7 +542,8 @@ def write_report(run_dir: str | Path, model: GenerativeModel, test: Dataset, *, 
                 im.load()
                 uri = images.data_uri(im)
             cls = " class='pixelated'" if spec.is_image else ""
-            parts.append(f"<figure><img{cls} src='{uri}' alt='{html.escape(path.stem, quote=True)}'><figcaption "
+            heard = audio_element(path.with_suffix(".wav").read_bytes()) if path.with_suffix(".wav").exists() else ""
+            parts.append(f"<figure><img{cls} src='{uri}' alt='{html.escape(path.stem, quote=True)}'>{heard}<figcaption "
                          f"class='caption'>samples drawn at the end of epoch {epoch} "
                          f"(the preview sampler, seed {config.get('train', {}).get('seed', 0)})</figcaption></figure>")
     lines = json.dumps(config, indent=2)

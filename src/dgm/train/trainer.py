@@ -627,12 +627,15 @@ class Trainer:
 
     @torch.inference_mode()
     def save_sample_grid(self, path: Path) -> None:
-        from dgm.data.pictures import sample_picture
+        from dgm.data.pictures import sample_picture, sample_sound
         from dgm.io.images import save
 
         x = self.evaluation_samples(self.config.num_samples, seed=self.config.seed, progress=self.config.progress)
         reference = self.data.tensors(2000).x if not self.data.spec.is_image else None
         save(sample_picture(x, self.data.spec, reference), path)
+        sound = sample_sound(x, self.data.spec)  # audio: the first samples as a WAV file beside the picture
+        if sound is not None:
+            path.with_suffix(".wav").write_bytes(sound)
 
     @torch.inference_mode()
     def evaluation_samples(self, n: int, *, seed: int, progress: bool = False) -> Tensor:
