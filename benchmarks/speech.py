@@ -11,7 +11,7 @@ Every number is over all 190 held-out clips, in bits per audio sample:
 
 * ``log p(x | word)``: the clip given its word (exact);
 * ``log p(x)``: the marginal over a uniform word prior, logsumexp_y log p(x | y) - log 10 (exact; what
-  ``dgm eval RUN --metrics nll`` reports as bits/dim);
+  ``dgm eval RUN --metrics nll`` reports in bits/sample);
 * beside them a uniform model (8 bits), the order-0 histogram of the training codes and an order-1
   Markov chain p(x_t | x_{t-1}) of the training codes (both with add-one smoothing);
 * over the whole clip, and over its spoken span only (from the first to the last sample whose code is

@@ -242,5 +242,5 @@ def test_cli_trains_samples_wav_and_reports_audio(tmp_path, capsys):
     assert main(["eval", str(out), "--metrics", "nll", "--quiet", "--json", str(tmp_path / "e.json")]) == 0
     import json
 
-    bits = [r for r in json.loads((tmp_path / "e.json").read_text()) if r["unit"] == "bits/dim"][0]["value"]
+    bits = [r for r in json.loads((tmp_path / "e.json").read_text()) if r["unit"] == "bits/sample"][0]["value"]
     assert 0 < bits < 9  # bits per audio sample, near the uniform model's 8 after one tiny epoch

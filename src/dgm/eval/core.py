@@ -37,7 +37,7 @@ class Result:
     Attributes:
         metric: the metric's name (``"nll"``, ``"active_units"``, ...).
         value: the number.
-        unit: ``"nats"``, ``"bits/dim"``, ``"units"``, ``""``.
+        unit: ``"nats"``, ``"bits/dim"`` (``"bits/sample"`` of audio), ``"units"``, ``""``.
         qualifier: how it was obtained: ``"exact"``, ``"bound (IWAE k=1000)"``, ...
         split: the data split it was computed on, with its size (``"test, n=360"``).
         details: extra values (e.g. the KL of each latent dimension).

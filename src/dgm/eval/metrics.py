@@ -30,7 +30,8 @@ def likelihood_results(name: str, log_px: Tensor, qualifier: str, model: Generat
     out = [Result(name, nll, "nats", what, ctx.split, {"stderr": stderr})]
     bpd = bits_per_dim(nll, spec, model.likelihood_kind)
     if bpd is not None:
-        out.append(Result(name, bpd, "bits/dim", what, ctx.split, {"stderr": stderr / (spec.dim * math.log(2))}))
+        unit = "bits/sample" if spec.kind == "audio" else "bits/dim"  # an audio clip's dimensions are its samples
+        out.append(Result(name, bpd, unit, what, ctx.split, {"stderr": stderr / (spec.dim * math.log(2))}))
     return out
 
 

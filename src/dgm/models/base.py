@@ -19,6 +19,7 @@ It declares
 from __future__ import annotations
 
 import dataclasses
+import math
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -442,6 +443,14 @@ def capability(method: Callable[..., Any]) -> Callable[..., Any]:
     """
     method._capability = method.__name__  # type: ignore[attr-defined]
     return method
+
+
+def class_marginal(conditional_log_prob: Callable[[Tensor, Tensor], Tensor], x: Tensor, num_classes: int) -> Tensor:
+    """log p(x) = logsumexp_y log p(x | y) - log K, ``(B,)``: a class-conditional model's marginal under
+    a uniform class prior, from its ``conditional_log_prob(x, y)`` (K passes, one per class)."""
+    per_class = [conditional_log_prob(x, torch.full((len(x),), y, dtype=torch.long, device=x.device))
+                 for y in range(num_classes)]
+    return torch.stack(per_class).logsumexp(0) - math.log(num_classes)
 
 
 def capabilities(model: GenerativeModel | type[GenerativeModel]) -> set[str]:

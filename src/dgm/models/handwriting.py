@@ -29,7 +29,6 @@ window over a character string) is not here.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 from dgm.data.core import Batch, DataSpec
 from dgm.data.pictures import real_mask
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, register
+from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, class_marginal, register
 from dgm.models.refusals import class_labels, refuse_partial_labels, refuse_unlabelled
 from dgm.nn.likelihoods import PenMixture
 from dgm.settings import NonNegativeFloat, PositiveInt
@@ -128,10 +127,7 @@ class MixtureDensityRNN(GenerativeModel):
         mask = real_mask(x, self.spec) if mask is None else mask
         if not self.config.conditional or y is not None:
             return self.log_prob_per_point(x, mask, y).sum(1)
-        K = self.spec.num_classes
-        per_class = [self.log_prob_per_point(x, mask, torch.full((len(x),), k, device=x.device)).sum(1)
-                     for k in range(K)]
-        return torch.stack(per_class, 1).logsumexp(1) - math.log(K)
+        return class_marginal(lambda x, y: self.log_prob_per_point(x, mask, y).sum(1), x, self.spec.num_classes)
 
     def log_prob_per_point(self, x: Tensor, mask: Tensor, y: Tensor | None = None) -> Tensor:
         """``log Pr(x_t | y_{t-1})`` of every real point, 0 at the padding, ``(B, N)``."""

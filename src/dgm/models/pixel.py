@@ -47,13 +47,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgm.data.core import BINARY_REPRESENTATIONS, Batch, DataSpec
 from dgm.errors import DgmError
 from dgm.models import langevin
-from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, capability, rand, randint, randn, register
+from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, capability, class_marginal, rand, randint, randn, register
 from dgm.models.refusals import class_labels, refuse_all_but_discrete_images, refuse_partial_labels
 from dgm.models.samplers import Inpaint, KnownView
 from dgm.nn import make_likelihood, to_levels
@@ -218,10 +217,7 @@ class PixelModel(GenerativeModel):
         uniform class prior (K network passes)."""
         if not self.config.conditional:
             return self.likelihood.log_prob(self.params(self.to_signed(x)), x)
-        K = self.spec.num_classes
-        per_class = torch.stack([self.conditional_log_prob(x, torch.full((len(x),), y, device=x.device))
-                                 for y in range(K)])  # (K, B)
-        return per_class.logsumexp(0) - math.log(K)
+        return class_marginal(self.conditional_log_prob, x, self.spec.num_classes)
 
     @capability
     def conditional_log_prob(self, x: Tensor, y: Tensor) -> Tensor:

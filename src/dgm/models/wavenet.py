@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from dgm.data.core import Batch, DataSpec
 from dgm.errors import DgmError
-from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, capability, randint, register
+from dgm.models.base import GenerativeModel, Loss, Progress, Sampler, capability, class_marginal, randint, register
 from dgm.models.refusals import class_labels, refuse_partial_labels
 from dgm.nn.likelihoods import sample_categorical
 from dgm.nn.wavenet import WaveNet
@@ -196,10 +196,7 @@ class WaveNetModel(GenerativeModel):
         label prior (K passes)."""
         if not self.config.conditional:
             return self.code_log_probs(x).sum(1)
-        K = self.spec.num_classes
-        per_class = torch.stack([self.conditional_log_prob(x, torch.full((len(x),), y, device=x.device))
-                                 for y in range(K)])  # (K, B)
-        return per_class.logsumexp(0) - math.log(K)
+        return class_marginal(self.conditional_log_prob, x, self.spec.num_classes)
 
     @capability
     def conditional_log_prob(self, x: Tensor, y: Tensor) -> Tensor:
