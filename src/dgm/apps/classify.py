@@ -150,5 +150,6 @@ class Classify(App):
                                          max_examples=args.max_examples, seed=args.seed, progress=not args.quiet)
         record_results(args.run, results)
         error, *calibration = results
-        more = "".join(f", {r.metric.removeprefix('classification_')} {r.value:.3g} {r.unit}" for r in calibration)
+        more = "".join(f", {r.metric.removeprefix('classification_')} " + (f"{r.value:.2f}%" if r.unit == "%" else
+                                                                           f"{r.value:.3f} {r.unit}") for r in calibration)
         return f"{args.run}: test error {error.value:.2f}%{more} ({error.qualifier}; {error.split}) -> eval.json"
