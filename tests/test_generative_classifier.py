@@ -33,9 +33,14 @@ class TwoGaussians(GenerativeModel):
     Config = GaussConfig
     means = torch.tensor([-1.0, 2.0])
 
-    def __init__(self, config: GaussConfig, spec: DataSpec) -> None:
+    def __init__(self, config: GaussConfig, spec: DataSpec, *, class_condition: bool = True) -> None:
         super().__init__(config, spec)
         self.w = nn.Parameter(torch.zeros(1))
+        self.class_condition = class_condition
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.spec.num_classes if self.class_condition else None
 
     @capability
     def conditional_log_prob(self, x: Tensor, y: Tensor) -> Tensor:
@@ -100,6 +105,17 @@ def test_bounds_are_compared_under_common_random_numbers() -> None:
         other = class_log_likelihoods(model, x, k=5, seed=4)
     torch.testing.assert_close(scores[:, 7], alone)
     assert torch.equal(scores, again) and not torch.equal(scores, other)
+
+
+def test_a_model_conditioned_on_captions_or_factors_is_not_a_class_classifier() -> None:
+    """The capability names also serve captions (aligndraw) and known factors (the disentangled VAE):
+    Bayes' rule over classes refuses a model whose condition is not declared to be the class rather
+    than pass class ids as captions."""
+    spec = DataSpec("line", (1,), representation="continuous", levels=None, num_classes=2)
+    model = TwoGaussians(GaussConfig(), spec, class_condition=False)
+    with pytest.raises(DgmError, match="other than the class"):
+        conditional_estimator(model)
+    assert conditional_estimator(TwoGaussians(GaussConfig(), spec)) == "conditional_log_prob"
 
 
 def test_the_conditional_ddpm_bound_is_a_capability_only_when_conditional() -> None:

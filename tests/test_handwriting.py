@@ -1,6 +1,7 @@
 """Pen strokes and the mixture-density LSTM (Graves 2013): the Hershey parser on a hand-decoded glyph,
 the augmentation, the refusal of files without strokes, the mixture's density (it integrates to one;
-one component is scipy's bivariate normal), masking, training, sampling and the pictures."""
+one component is scipy's bivariate normal), masking, training, sampling and the pictures; words of
+glyphs and synthesis with the soft window (section 5: eqs. 46-51 by hand, causality, the text)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from dgm.data import load
 from dgm.data import strokes as stroke_data
 from dgm.data.pictures import sample_picture, strokes_picture
 from dgm.errors import DgmError
-from dgm.models import Progress, create
+from dgm.models import Progress, capabilities, create
 from dgm.nn.likelihoods import PenMixture
 
 GLYPHS = Path(__file__).parent / "data" / "glyphs.jhf"  # 8 glyphs of Hershey's rowmans, one wrapped over two lines
@@ -44,6 +45,8 @@ def test_a_glyph_wrapped_over_two_lines_reads_as_one():
     assert [s.tolist() for s in glyphs[3][1]] == [s.tolist() for s in b]
     assert [len(s) for s in b] == [2, 14]
     assert stroke_data.parse_jhf("  699  1JZ\n") == [(699, [])]  # the space: bounds only, no strokes
+    (_, _, bounds), = stroke_data.parse_jhf_bounds("  501  9I[RFJ[ RRFZ[ RMTWT\n")
+    assert bounds == (-9, 9)  # "I[": ord("I") - ord("R"), ord("[") - ord("R")
 
 
 @pytest.mark.parametrize("text, message", [
@@ -273,3 +276,193 @@ def test_training_evaluation_and_report_on_a_stroke_file(tmp_path, capsys):
     assert "Test strokes" in page and "each a pen drawing" in page
     picture = sample_picture(load(f"strokes:{GLYPHS}", "test").tensors().x, load(f"strokes:{GLYPHS}").spec)
     assert picture.width > 64
+
+
+# --- words and synthesis (section 5) ---------------------------------------------------------------------
+def test_a_word_advances_the_pen_by_each_glyphs_width():
+    (_, a, bounds), = stroke_data.parse_jhf_bounds("  501  9I[RFJ[ RRFZ[ RMTWT\n")
+    strokes = stroke_data.write("AA", {"A": (a, bounds)})
+    assert len(strokes) == 6
+    for first, second in zip(strokes[:3], strokes[3:]):  # the second "A" is the first moved right by 18 units
+        np.testing.assert_array_equal(second, first + [18, 0])
+    np.testing.assert_array_equal(strokes[0][0], [0 + 9, 12])  # the left bound at the pen's start, x = 0
+    pen = stroke_data.to_offsets(strokes)[:, 2]
+    assert pen.tolist() == [0, 1] * 6  # the pen lifted at the end of every stroke, between the glyphs too
+
+
+@pytest.mark.skipif(not stroke_data.HERSHEY_DIR.is_dir(), reason="apt-get install hershey-fonts-data")
+def test_hershey_words_are_captioned_and_held_out_by_string():
+    train, test = load("hershey-words"), load("hershey-words", "test")
+    alphabet = train.spec.extras["caption_characters"]
+    assert train.spec.shape == (stroke_data.WORDS_MAX_POINTS, 3) and train.labels is None
+    assert len(train) + len(test) + train.spec.extras["dropped_words"] + test.spec.extras["dropped_words"] == \
+        stroke_data.WORDS
+    assert train.spec.extras["dropped_words"] < 20 and len(test) > 400
+
+    def strings(data):
+        return ["".join(alphabet[i - 1] for i in row if i) for row in data.captions.tolist()]
+
+    seen, held_out = strings(train), strings(test)
+    assert not set(seen) & set(held_out) and len(set(seen)) == len(seen)
+    assert {len(t) for t in seen} == set(range(2, 7))
+    again = load("hershey-words", "test")
+    assert torch.equal(again.raw, test.raw) and torch.equal(again.captions, test.captions)
+    batch = train.tensors(64)
+    assert (batch.x[torch.arange(64), train.lengths[:64] - 1, 2] == 1).all()
+    # a word has at least as many strokes (pen-up bits) as characters
+    assert ((batch.x[..., 2] == 1).sum(1) >= (batch.captions != 0).sum(1)).all()
+
+
+@pytest.fixture(scope="module")
+def words():
+    """The glyphs of GLYPHS, each with a random string of 1 to 3 characters of "abcd" as its caption."""
+    from dgm.data.core import Dataset
+
+    data = load(f"strokes:{GLYPHS}")
+    spec = type(data.spec)(**{**data.spec.to_json(), "name": "words",
+                              "extras": {**data.spec.extras, "caption_characters": "abcd", "caption_length": 3}})
+    g = torch.Generator().manual_seed(0)
+    captions = torch.randint(1, 5, (len(data), 3), generator=g)
+    captions[torch.arange(3) >= torch.randint(1, 4, (len(data), 1), generator=g)] = 0
+    return Dataset(data.raw, None, spec, train=True, lengths=data.lengths, captions=captions)
+
+
+def test_the_window_is_eqs_46_to_51_for_hand_set_parameters(words):
+    model = model_for(words.spec, window_components=2).double()
+    alpha, beta, step = torch.tensor([0.7, 1.5]), torch.tensor([0.5, 2.0]), torch.tensor([0.3, 0.8])
+    with torch.no_grad():  # the window's outputs fixed: alpha^ = log alpha, beta^ = log beta, kappa^ = log step
+        model.window.weight.zero_()
+        model.window.bias.copy_(torch.cat([alpha, beta, step]).log())
+    captions = torch.tensor([[2, 4, 1], [3, 0, 0]])
+    text = model.one_hot(captions)  # (2, 3, 4)
+    T = 6
+    with torch.no_grad():
+        _, state, w = model.first_layer(torch.randn(2, T, 3, dtype=torch.float64), text, None)
+    for t in range(1, T + 1):
+        kappa = t * step  # eq. 51 from kappa_0 = 0
+        for b in range(2):
+            phi = [float((alpha * torch.exp(-beta * (kappa - u) ** 2)).sum()) for u in (1, 2, 3, 4)]  # eq. 46
+            expected = sum(phi[u] * text[b, u] for u in range(3))  # eq. 47
+            torch.testing.assert_close(w[b, t - 1], expected.double())
+    torch.testing.assert_close(state[2], (T * step).double().expand(2, 2))
+    torch.testing.assert_close(state[4][0, 3].exp(), torch.tensor(phi[3], dtype=torch.float64))  # phi(T, U + 1)
+
+
+def test_the_window_only_moves_forward(words):
+    model = model_for(words.spec, window_components=3).eval()
+    batch = words.tensors(4)
+    text, state, kappas = model.one_hot(batch.captions), None, []
+    inputs = torch.cat([model.start.expand(4, 1, 3), batch.x[:, :-1]], 1)
+    with torch.no_grad():
+        for t in range(inputs.shape[1]):
+            _, state = model.network(inputs[:, t:t + 1], None, state, text)
+            kappas.append(state[0][2])
+    kappas = torch.stack(kappas, 1)  # (4, N, K)
+    assert (kappas.diff(dim=1) > 0).all() and (kappas > 0).all()
+    # stepping one point at a time gives what teacher forcing over the whole sequence gives
+    with torch.no_grad():
+        out, _ = model.network(inputs, None, None, text)
+        one, _ = model.network(inputs[:, :5], None, None, text)
+    torch.testing.assert_close(out[:, :5], one)
+
+
+def test_the_likelihood_given_the_text_is_causal_and_ignores_padding(words):
+    model = model_for(words.spec, window_components=3).double()
+    batch = words.tensors(6)
+    x = batch.x.double().requires_grad_()
+    point = model.log_prob_per_point(x, batch.mask, captions=batch.captions)  # (6, N)
+    n = int(batch.mask[0].sum())
+    for t in range(n):
+        grad, = torch.autograd.grad(point[0, t], x, retain_graph=True)
+        assert (grad[0, t + 1:] == 0).all() and (grad[1:] == 0).all()  # no later point, no other sequence
+        assert grad[0, :t + 1].abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        exact = model.conditional_log_prob(batch.x, batch.captions, mask=batch.mask)
+        noisy = torch.where(batch.mask[..., None], batch.x, torch.randn_like(batch.x))
+        torch.testing.assert_close(model.log_prob(noisy, batch.mask, captions=batch.captions), exact)
+        wider = torch.cat([batch.captions, torch.zeros(6, 2, dtype=torch.long)], 1)  # more caption padding
+        torch.testing.assert_close(model.log_prob(batch.x, batch.mask, captions=wider), exact)
+        one_by_one = [model.log_prob(batch.x[i:i + 1], batch.mask[i:i + 1], captions=batch.captions[i:i + 1])
+                      for i in range(6)]
+        torch.testing.assert_close(torch.cat(one_by_one), exact)
+        other = batch.captions.clone()
+        other[:, 0] = other[:, 0] % 4 + 1  # another first character
+        assert (model.log_prob(batch.x, batch.mask, captions=other) != exact).all()  # the text matters
+    assert "conditional_log_prob" in capabilities(model) and "log_prob" not in capabilities(model)
+    assert "conditional_log_prob" not in capabilities(model_for(words.spec))
+
+
+def test_a_few_steps_with_the_window_lower_the_loss(words):
+    model = model_for(words.spec, window_components=3)
+    batch = words.tensors(16)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        optimiser.zero_grad()
+        out = model.loss(batch, "model", Progress())
+        out.loss.backward()
+        optimiser.step()
+        losses.append(out.loss.item())
+    assert all(p.grad is not None for p in model.parameters())
+    assert losses[-1] < losses[0] - 1.0
+
+
+def test_synthesis_samples_are_padded_sequences_of_the_text(words):
+    model = model_for(words.spec, window_components=3).eval()
+    g = torch.Generator().manual_seed(0)
+    x = model.sample(8, condition=["ab", "dcb"] * 4, generator=g, bias=0.5)
+    assert x.shape == (8, 21, 3) and not x.requires_grad
+    real = (x != 0).any(-1)
+    lengths = real.sum(1)
+    assert (lengths >= 1).all() and torch.equal(real, torch.arange(21) < lengths[:, None])
+    assert set(x[..., 2].unique().tolist()) <= {0.0, 1.0}
+    ended = lengths < 21
+    assert (x[ended, lengths[ended] - 1, 2] == 1).all()
+    assert torch.equal(model.sample(8, condition=["ab", "dcb"] * 4, generator=torch.Generator().manual_seed(0),
+                                    bias=0.5), x)
+    assert model.sample(3, caption="abc").shape == (3, 21, 3) and model.sample(2).shape == (2, 21, 3)
+    with torch.no_grad():  # a window that jumps past the text at once: every sequence stops after one point
+        model.window.bias[6:] = math.log(10.0)
+    x = model.sample(4, caption="ab", generator=g)
+    assert ((x != 0).any(-1).sum(1) == 1).all() and (x[:, 0, 2] == 1).all()
+    with pytest.raises(DgmError, match="'abcd'") as e:
+        model.sample(2, caption="abz")
+    assert "\n" not in str(e.value)
+    with pytest.raises(DgmError, match="reads no text"):
+        model_for(words.spec).sample(2, caption="ab")
+
+
+def test_a_window_needs_data_with_character_captions(words):
+    with pytest.raises(DgmError, match="hershey-words") as e:
+        model_for(load(f"strokes:{GLYPHS}").spec, window_components=3)
+    assert "\n" not in str(e.value)
+    labelled = type(words.spec)(**{**words.spec.to_json(), "num_classes": 3})
+    with pytest.raises(DgmError, match="model.conditional=false"):
+        model_for(labelled, window_components=3, conditional=True)
+    model = model_for(words.spec, window_components=3)
+    with pytest.raises(DgmError, match="needs the text") as e:
+        model.loss(load(f"strokes:{GLYPHS}").tensors(4), "model", Progress())
+    assert "\n" not in str(e.value)
+
+
+def test_a_synthesis_model_round_trips_through_its_config_and_weights(words, tmp_path):
+    from dgm.models import MODELS
+    from dgm.models.base import config_to_json, make_config
+    from dgm.train import checkpoint as ckpt
+
+    model = model_for(words.spec, window_components=3).eval()
+    x = model.sample(3, caption="cab", generator=torch.Generator().manual_seed(1))
+    ckpt.save_tensors(model.state_dict(), tmp_path / "w.safetensors")
+    clone = MODELS["mdn-rnn"](make_config(MODELS["mdn-rnn"], config_to_json(model.config)), words.spec).eval()
+    ckpt.load_state_dict_checked(clone, ckpt.load_tensors(tmp_path / "w.safetensors"), tmp_path)
+    assert torch.equal(clone.sample(3, caption="cab", generator=torch.Generator().manual_seed(1)), x)
+
+
+def test_nll_of_a_synthesis_model_says_its_likelihood_needs_the_text(words):
+    from dgm.eval import evaluate
+
+    model = model_for(words.spec, window_components=3).eval()
+    with pytest.raises(DgmError, match="only given its condition") as e:
+        evaluate(model, words, ["nll"], progress=False)
+    assert "\n" not in str(e.value) and "conditional_log_prob" in str(e.value)

@@ -92,6 +92,9 @@ DATASETS: dict[str, Source] = {
     "hershey": Source("pen strokes (dx, dy, pen_up) of the letters and digits of 9 Hershey fonts (apt-get install "
                       "hershey-fonts-data), slanted, scaled and jittered; 90/10 holdout of the glyphs, 16/8 copies "
                       "each, up to 64 points, 62 classes", strokes.load_hershey, "continuous"),
+    "hershey-words": Source("pen strokes of random strings of 2-6 letters and digits written in the fonts of hershey, "
+                            "the characters as captions (handwriting synthesis); 4500/500 distinct strings, up to "
+                            "256 points", strokes.load_hershey_words, "continuous"),
     "spoken-digits": Source("audio: the words zero..nine (the label) spoken by espeak-ng (apt-get install espeak-ng) in "
                             "8 voices x 4 speeds x 3 pitches, 8 kHz mu-law, clips of size (4000) samples; held-out "
                             "combinations 770/190, 10 classes", audio.load_spoken_digits, "levels", resizable=True),

@@ -30,9 +30,16 @@ over them is finite. :func:`augment`.
   each distinct glyph once (``futural`` repeats ``rowmans``, ``futuram`` ``rowmand``); the split is
   the 90/10 holdout of :mod:`dgm.data.files` over the distinct glyphs, so a held-out letter was
   never seen in any copy.
-* ``strokes:PATH``: every glyph with strokes of a ``.jhf`` file, or of every ``.jhf`` file under a
-  folder (sorted by path), without labels; the same holdout and augmentation, padded to the longest
-  glyph.
+* ``hershey-words``: random strings of 2 to 6 letters and digits (:data:`WORD_LENGTHS`), each written
+  in one of the fonts of ``hershey``: the glyphs' strokes side by side, the pen lifted between
+  glyphs, each glyph advancing the pen by its width (its left and right bounds in the ``.jhf`` file,
+  :func:`parse_jhf_bounds`), then the whole word slanted, scaled and jittered once
+  (:func:`augment`). The characters are the example's caption, ids ``1 + CHARACTERS.index(c)`` padded
+  with 0 (``Batch.captions``; the alphabet in ``extras["caption_characters"]``), for handwriting
+  synthesis (Graves 2013, section 5). :data:`WORDS` distinct strings, drawn from a fixed seed, are
+  split 90/10 by the holdout of :mod:`dgm.data.files`, so no held-out string is written in training
+  (its glyphs and fonts are); words longer than :data:`WORDS_MAX_POINTS` points are dropped and
+  counted (``extras["dropped_words"]``).
 """
 from __future__ import annotations
 
@@ -64,6 +71,11 @@ SCALE_LOG_RANGE = 0.15  # log of the largest overall scale factor
 ASPECT_LOG_RANGE = 0.1  # log of the largest extra factor of the width
 JITTER = 0.3  # font units, the sd of the noise of every point
 
+WORDS = 5000  # distinct strings of hershey-words, 90/10 train/test
+WORD_LENGTHS = (2, 6)  # the fewest and the most characters of a word
+WORDS_SEED = 46  # the seed of the strings (Graves's window is eq. 46)
+WORDS_MAX_POINTS = 256  # the padded length of hershey-words; longer words are dropped
+
 PEN_UP = (-50, 0)  # " R": ord(" ") - ord("R"), ord("R") - ord("R")
 HOW_TO_GET = "apt-get install hershey-fonts-data (Debian/Ubuntu)"
 
@@ -81,6 +93,13 @@ def parse_jhf(text: str, source: str = "<text>") -> list[tuple[int, Strokes]]:
     Raises:
         DgmError: a glyph header that is not two numbers, or a file that ends inside a glyph.
     """
+    return [(number, strokes) for number, strokes, _ in parse_jhf_bounds(text, source)]
+
+
+def parse_jhf_bounds(text: str, source: str = "<text>") -> list[tuple[int, Strokes, tuple[int, int]]]:
+    """:func:`parse_jhf` with each glyph's left and right bounds ``(left, right)`` in font units (the
+    first pair of its vertices; the strokes' ``x`` is measured from the glyph's centre), so a line of
+    text advances by ``right - left`` per glyph."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     glyphs, i = [], 0
     while i < len(lines):
@@ -97,7 +116,8 @@ def parse_jhf(text: str, source: str = "<text>") -> list[tuple[int, Strokes]]:
         if len(body) < want:
             raise DgmError(f"{source}: glyph {number} has {len(body) // 2} of its {int(count)} vertices when the "
                            f"file ends: the file is cut short")
-        glyphs.append((int(number), _strokes(body[2:want])))  # the first pair holds the left and right bounds
+        left, right = (ord(c) - ord("R") for c in body[:2])  # the first pair holds the left and right bounds
+        glyphs.append((int(number), _strokes(body[2:want]), (left, right)))
     return glyphs
 
 
@@ -199,6 +219,67 @@ def _hershey(folder: Path) -> tuple[list[Strokes], list[int]]:
                 glyphs.append(strokes)
                 labels.append(CHARACTERS.index(chr(code)))
     return glyphs, labels
+
+
+def load_hershey_words(req: Request) -> Part:
+    """``hershey-words``: random strings written in the fonts of ``hershey``, the characters as captions
+    (module docstring)."""
+    if req.size is not None or req.channels is not None:
+        raise DgmError("data.size and data.channels apply to images and text; pen strokes have neither: drop them")
+    fonts = _hershey_fonts(HERSHEY_DIR)
+    rng = np.random.default_rng(WORDS_SEED)
+    texts: dict[str, None] = {}  # distinct strings, in the order drawn
+    while len(texts) < WORDS:
+        n = rng.integers(WORD_LENGTHS[0], WORD_LENGTHS[1] + 1)
+        texts["".join(rng.choice(list(CHARACTERS), n))] = None
+    strings = [list(texts)[i] for i in sorted(holdout(WORDS, req.split))]
+    rng = np.random.default_rng(SPLIT_SEEDS[req.split])
+    x = np.zeros((len(strings), WORDS_MAX_POINTS, 3), np.float32)
+    lengths = np.zeros(len(strings), np.int64)
+    captions = np.zeros((len(strings), WORD_LENGTHS[1]), np.int64)
+    kept = 0
+    for text in strings:
+        font = fonts[rng.integers(len(fonts))]
+        offsets = to_offsets(augment(write(text, font), rng)) / [SCALE, SCALE, 1.0]
+        if len(offsets) > WORDS_MAX_POINTS:
+            continue
+        x[kept, :len(offsets)], lengths[kept] = offsets, len(offsets)
+        captions[kept, :len(text)] = [1 + CHARACTERS.index(c) for c in text]
+        kept += 1
+    return Part(x[:kept], None, levels=None, kind="points", lengths=lengths[:kept], captions=captions[:kept],
+                extras={"strokes": True, "scale": SCALE, "rows": ["dx", "dy", "pen_up"], "fonts": list(HERSHEY_FONTS),
+                        "caption_characters": CHARACTERS, "caption_length": WORD_LENGTHS[1],
+                        "words": WORDS, "dropped_words": len(strings) - kept,
+                        "example_captions": ["dgm", "2026", "Graves", "pen", "Ink42", "hello"]})
+
+
+Font = dict[str, tuple[Strokes, tuple[int, int]]]  # a character's strokes and its left and right bounds
+
+
+def write(text: str, font: Font) -> Strokes:
+    """The strokes of ``text`` in ``font``, glyph after glyph: each moved right so that its left bound
+    lies where the previous glyph's right bound was (the pen starts at 0)."""
+    strokes, cursor = [], 0.0
+    for c in text:
+        glyph, (left, right) = font[c]
+        strokes += [s + [cursor - left, 0.0] for s in glyph]
+        cursor += right - left
+    return strokes
+
+
+@functools.lru_cache(maxsize=1)
+def _hershey_fonts(folder: Path) -> list[Font]:
+    """The letters and digits of each of :data:`HERSHEY_FONTS` (those fonts that have them all)."""
+    _hershey(folder)  # refuses missing fonts in one line
+    fonts = []
+    for font in HERSHEY_FONTS:
+        path = folder / f"{font}.jhf"
+        glyphs = {chr(code): (strokes, bounds)
+                  for code, (_, strokes, bounds) in enumerate(parse_jhf_bounds(_read(path), str(path)), FIRST_CODE)
+                  if chr(code) in CHARACTERS and strokes}
+        if len(glyphs) == len(CHARACTERS):
+            fonts.append(glyphs)
+    return fonts
 
 
 def load_strokes(req: Request) -> Part:

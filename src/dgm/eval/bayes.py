@@ -43,6 +43,9 @@ def conditional_estimator(model: GenerativeModel, k: int = 1) -> str:
         raise DgmError(f"model {model.name!r} has no class-conditional likelihood log p(x|y), so Bayes' rule "
                        f"cannot classify with it: train a conditional model (cvae, pixelcnn or gated-pixelcnn "
                        f"or ddpm with --set model.conditional=true)")
+    if not model.spec.num_classes or model.num_classes != model.spec.num_classes:
+        raise DgmError(f"model {model.name!r} conditions on something other than the class (a caption, known "
+                       f"factors), so Bayes' rule over its classes cannot run: train it conditioned on the labels")
     if usable[0] == "conditional_iwae_bound" and k == 1 and "conditional_elbo" in usable:
         return "conditional_elbo"  # the IWAE bound at k = 1 is the ELBO with a sampled KL: take the analytic one
     return usable[0]

@@ -337,8 +337,16 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
             raise unknown_name("metric", name, METRICS)
         m = METRICS[name]
         if name not in supported(model):
+            have = capabilities(model)
+            conditional = sorted(have & {"conditional_log_prob", "conditional_elbo", "conditional_iwae_bound"})
+            if set(m.requires_any or m.requires) <= LIKELIHOOD_CAPABILITIES and conditional \
+                    and not have & LIKELIHOOD_CAPABILITIES:
+                raise DgmError(f"model {model.name!r} has a likelihood only given its condition ({conditional[0]}: "
+                               f"log p(x | caption, class or factors)), not of x alone, so it cannot give {name!r}; "
+                               f"call {conditional[0]} from Python, or evaluate it with "
+                               f"{', '.join(supported(model, data.spec)) or 'sample-based metrics'}")
             if set(m.requires_any or m.requires) <= LIKELIHOOD_CAPABILITIES \
-                    and not capabilities(model) & LIKELIHOOD_CAPABILITIES:
+                    and not have & LIKELIHOOD_CAPABILITIES:
                 raise DgmError(f"model {model.name!r} has no likelihood: it is an implicit model that can sample "
                                f"but defines no density, so it cannot give {name!r}; evaluate it with "
                                f"{', '.join(supported(model, data.spec)) or 'sample-based metrics'}")
