@@ -202,7 +202,7 @@ class MixtureDensityRNN(GenerativeModel):
     def one_hot(self, captions: Tensor) -> Tensor:
         """The one-hot characters ``c_u`` ``(B, U, V)`` of caption ids ``(B, U)`` (0, the padding, is all zeros)."""
         if captions is None or captions.dim() != 2:
-            raise DgmError(f"a synthesis model (model.window_components > 0) needs the text: pass caption ids (B, U) "
+            raise DgmError("a synthesis model (model.window_components > 0) needs the text: pass caption ids (B, U) "
                            "(Batch.captions of --data hershey-words) as captions=")
         return F.one_hot(captions.long(), len(self.alphabet) + 1)[..., 1:].to(self.output.weight.dtype)
 
