@@ -21,7 +21,8 @@ Every number is over all 190 held-out clips, in bits per audio sample:
 Ten samples (one per word, given the word, temperature 1) are written as a WAV file and their
 spectrograms as a PNG (``--docs``, default docs/images: ``speech-wavenet-samples.{wav,png}``).
 
-    python benchmarks/speech.py --out runs/bench-speech             # 4 epochs (192 steps): 2-12 min training, 2-5 min scoring (2 shared cores)
+    python benchmarks/speech.py --epochs 16 --threads 1 --out runs/bench-speech-16   # 768 steps: 8.5 min training, 1.5 min scoring here
+    python benchmarks/speech.py --out runs/bench-speech             # 4 epochs (192 steps): a point early on the curve
     python benchmarks/speech.py --epochs 1 --max-steps 2 --test 8 --docs /tmp   # smoke run
 
 Writes ``OUT/results.json`` and prints a markdown table.
