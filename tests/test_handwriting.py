@@ -204,17 +204,21 @@ def test_the_likelihood_is_the_product_of_the_steps_the_sampler_takes(glyphs):
         assert model.log_prob(batch.x.double(), mask=batch.mask).item() == pytest.approx(total, rel=1e-10)
 
 
-def test_a_few_steps_lower_the_loss(glyphs):
-    model = model_for(glyphs.spec)
-    batch = glyphs.tensors(16)
+def train_briefly(model, batch, steps: int = 15) -> list[float]:
+    """The losses of ``steps`` Adam steps (lr 1e-2) on one batch."""
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(15):
+    for _ in range(steps):
         optimiser.zero_grad()
         out = model.loss(batch, "model", Progress())
         out.loss.backward()
         optimiser.step()
         losses.append(out.loss.item())
+    return losses
+
+
+def test_a_few_steps_lower_the_loss(glyphs):
+    losses = train_briefly(model_for(glyphs.spec), glyphs.tensors(16))
     assert losses[-1] < losses[0] - 1.0
 
 
@@ -395,15 +399,7 @@ def test_the_likelihood_given_the_text_is_causal_and_ignores_padding(words):
 
 def test_a_few_steps_with_the_window_lower_the_loss(words):
     model = model_for(words.spec, window_components=3)
-    batch = words.tensors(16)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(15):
-        optimiser.zero_grad()
-        out = model.loss(batch, "model", Progress())
-        out.loss.backward()
-        optimiser.step()
-        losses.append(out.loss.item())
+    losses = train_briefly(model, words.tensors(16))
     assert all(p.grad is not None for p in model.parameters())
     assert losses[-1] < losses[0] - 1.0
 
