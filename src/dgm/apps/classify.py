@@ -29,7 +29,7 @@ import torch
 from dgm.apps import App, register_app
 from dgm.apps.options import POSITIVE
 from dgm.errors import DgmError
-from dgm.eval.bayes import CONDITIONAL_LIKELIHOODS
+from dgm.eval.core import CONDITIONAL_LIKELIHOODS
 from dgm.models.base import GenerativeModel, capabilities
 
 Via = Literal["auto", "classifier", "bayes", "probe"]

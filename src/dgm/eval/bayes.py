@@ -25,12 +25,10 @@ from torch import Tensor
 
 from dgm.data.core import Dataset
 from dgm.errors import DgmError
-from dgm.eval.core import progress_bar
+from dgm.eval.core import CONDITIONAL_LIKELIHOODS, progress_bar
 from dgm.eval.fidelity import ArrayLike
 from dgm.models.base import GenerativeModel, capabilities
 
-#: the capabilities that give log p(x | y), best first: exact, then the tighter bound, then the ELBO
-CONDITIONAL_LIKELIHOODS = ("conditional_log_prob", "conditional_iwae_bound", "conditional_elbo")
 CALIBRATION_BINS = 15  # Guo et al. 2017's M
 
 

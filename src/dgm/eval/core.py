@@ -191,6 +191,9 @@ METRICS: dict[str, Metric] = {}
 
 #: the capabilities that make a likelihood (exact or a bound)
 LIKELIHOOD_CAPABILITIES = {"log_prob", "elbo", "iwae_bound"}
+#: the capabilities that give log p(x | c) of a condition c (a class, a caption, known factors) or a
+#: bound on it: exact first, then the tighter bound, then the ELBO
+CONDITIONAL_LIKELIHOODS = ("conditional_log_prob", "conditional_iwae_bound", "conditional_elbo")
 
 
 #: training monitors by name (objects with ``on_epoch_end(trainer, epoch)`` returning metrics to
@@ -338,18 +341,15 @@ def evaluate(model: GenerativeModel, data: Dataset, metrics: Sequence[str] | Non
         m = METRICS[name]
         if name not in supported(model):
             have = capabilities(model)
-            conditional = sorted(have & {"conditional_log_prob", "conditional_elbo", "conditional_iwae_bound"})
-            if set(m.requires_any or m.requires) <= LIKELIHOOD_CAPABILITIES and conditional \
-                    and not have & LIKELIHOOD_CAPABILITIES:
-                raise DgmError(f"model {model.name!r} has a likelihood only given its condition ({conditional[0]}: "
-                               f"log p(x | caption, class or factors)), not of x alone, so it cannot give {name!r}; "
-                               f"call {conditional[0]} from Python, or evaluate it with "
-                               f"{', '.join(supported(model, data.spec)) or 'sample-based metrics'}")
-            if set(m.requires_any or m.requires) <= LIKELIHOOD_CAPABILITIES \
-                    and not have & LIKELIHOOD_CAPABILITIES:
+            if set(m.requires_any or m.requires) <= LIKELIHOOD_CAPABILITIES and not have & LIKELIHOOD_CAPABILITIES:
+                others = ', '.join(supported(model, data.spec)) or 'sample-based metrics'
+                conditional = [c for c in CONDITIONAL_LIKELIHOODS if c in have]
+                if conditional:
+                    raise DgmError(f"model {model.name!r} has a likelihood only given its condition ({conditional[0]}: "
+                                   f"log p(x | caption, class or factors)), not of x alone, so it cannot give "
+                                   f"{name!r}; call {conditional[0]} from Python, or evaluate it with {others}")
                 raise DgmError(f"model {model.name!r} has no likelihood: it is an implicit model that can sample "
-                               f"but defines no density, so it cannot give {name!r}; evaluate it with "
-                               f"{', '.join(supported(model, data.spec)) or 'sample-based metrics'}")
+                               f"but defines no density, so it cannot give {name!r}; evaluate it with {others}")
             needs = " and ".join(m.requires) or " or ".join(m.requires_any)
             raise DgmError(f"model {model.name!r} cannot give {name!r} ({m.description}; it needs {needs}): "
                            f"it supports {', '.join(supported(model, data.spec)) or 'no metric'}")
