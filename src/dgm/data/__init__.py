@@ -21,8 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dgm.data import files, probes, scenes, sequences, sources, sprites, strokes, toys, voxels
-from dgm.data import audio
+from dgm.data import audio, files, probes, scenes, sequences, sources, sprites, strokes, toys, voxels
 from dgm.data.core import REPRESENTATIONS, UNLABELLED, Batch, Dataset, DataSpec, to_unit
 from dgm.data.sources import Part, Request
 from dgm.errors import DgmError, unknown_name
